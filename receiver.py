@@ -1,0 +1,504 @@
+#!/usr/bin/env python3
+"""The receiving page of FiboSMS "push SMS": one WSGI application, standard library only.
+
+The protocol (FiboSMS's "Quy dinh ket noi push SMS"): when a customer texts the business's
+private number, FiboSMSGateway calls this page with
+
+    GET <url>?message=<the SMS text>&phone=<the sender>&guid=<the gateway's id of the SMS>
+
+and reads the page's whole content as its answer, one of exactly two documents:
+
+    <Status>2</Status>   done: the message is stored (and processed); never send it again
+    <Status>1</Status>   not done: send it again (the gateway gives up after 5 tries)
+
+Every answer of this page is one of those two, ``text/xml; charset=utf-8``, with these codes:
+
+    200  <Status>2</Status>  stored now, or stored already (a retry of a known guid)
+    400  <Status>1</Status>  malformed: no guid or phone, a parameter twice, a value too long
+    403  <Status>1</Status>  refused caller: wrong or missing token, address not allowed
+    405  <Status>1</Status>  a method other than GET or POST
+    413  <Status>1</Status>  a POST body over 16 KiB
+    414  <Status>1</Status>  a query string over 16 KiB
+    415  <Status>1</Status>  a POST body that is not application/x-www-form-urlencoded
+    503  <Status>1</Status>  storage, hook or configuration failure: try again later
+
+2 is answered only after the message is committed to SQLite with synchronous=FULL; a retry
+never stores a second row (see storage.py). POST with a form body is accepted too, the query
+string and the body read together.
+
+Security model: the push carries no signature, so the page trusts a caller for knowing a
+secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter, compared in
+constant time) and/or for its address (FIBOSMS_ALLOW). The secret is never stored or logged.
+Log lines go to ``wsgi.errors`` (the server's error log) and never hold message text.
+
+Settings, each read from the request's WSGI environ (Apache SetEnv), then os.environ, then
+the default; or given to ``make_app(...)``, which beats both:
+
+    FIBOSMS_DB               database file (default ~/.fibosms/messages.sqlite3)
+    FIBOSMS_TOKEN            the shared secret (default: none)
+    FIBOSMS_ALLOW            addresses and networks allowed to call, comma-separated
+    FIBOSMS_TRUSTED_PROXIES  proxies whose X-Forwarded-For is believed, comma-separated
+    FIBOSMS_HANDLER          module:function called with each stored message
+    FIBOSMS_JOURNAL          wal or delete (default: wal, delete on a network filesystem)
+
+Run as: a WSGI application (``application``); a CGI script (GATEWAY_INTERFACE is set); or
+``python3 receiver.py [--host 127.0.0.1] [--port 8000] [--db PATH]``, a small threaded server.
+"""
+import os
+import sys
+
+# mod_wsgi and Passenger load this file by its path without putting its folder on sys.path.
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import storage  # noqa: E402  (needs the line above)
+
+# -- Constants --------------------------------------------------------------------------------
+
+DONE = b'<Status>2</Status>'    # no XML declaration, no newline: the gateway's exact format
+RETRY = b'<Status>1</Status>'
+CONTENT_TYPE = 'text/xml; charset=utf-8'
+HTTP_STATUS = {
+    200: '200 OK', 400: '400 Bad Request', 403: '403 Forbidden',
+    405: '405 Method Not Allowed', 413: '413 Payload Too Large', 414: '414 URI Too Long',
+    415: '415 Unsupported Media Type', 503: '503 Service Unavailable',
+}
+ALLOWED_METHODS = 'GET, POST'
+FORM_TYPE = 'application/x-www-form-urlencoded'
+MAX_INPUT = 16 * 1024           # bytes, of the query string and of the body, each
+MAX_GUID = 128                  # characters
+MAX_PHONE = 32                  # characters
+HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
+CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
+HEX = frozenset(b'0123456789abcdefABCDEF')
+SETTINGS = {                    # make_app() argument -> environment variable
+    'db': 'FIBOSMS_DB', 'token': 'FIBOSMS_TOKEN', 'allow': 'FIBOSMS_ALLOW',
+    'trusted_proxies': 'FIBOSMS_TRUSTED_PROXIES', 'handler': 'FIBOSMS_HANDLER',
+    'journal': 'FIBOSMS_JOURNAL',
+}
+
+
+class Reject(Exception):
+    """A push answered <Status>1</Status>: `code` is the HTTP status, `reason` the log line."""
+
+    def __init__(self, code, reason):
+        Exception.__init__(self, reason)
+        self.code = code
+        self.reason = reason
+
+
+# -- The application --------------------------------------------------------------------------
+
+def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None,
+             journal=None, handler_timeout=HANDLER_TIMEOUT):
+    """A WSGI application. Arguments left None are read per request from the WSGI environ,
+    then os.environ, then defaults. `handler` may be a callable or 'module:function'."""
+    given = {'db': db, 'token': token, 'allow': allow, 'handler': handler,
+             'trusted_proxies': trusted_proxies, 'journal': journal}
+
+    def app(environ, start_response):
+        guid = None
+        try:
+            config = settings(environ, given)
+            push = read_push(environ, config)
+            guid = push['guid']
+            store_and_process(push, config, environ, handler_timeout)
+        except Reject as exc:
+            log(environ, '%d %s%s' % (exc.code, exc.reason, guid_note(guid)))
+            return status_response(start_response, exc.code)
+        except Exception:
+            # A bug or an unforeseen failure: the traceback to the error log, never to the
+            # caller, and <Status>1</Status> so that the gateway sends the message again.
+            import traceback
+            log(environ, '503 unexpected error%s\n%s' % (guid_note(guid),
+                                                         traceback.format_exc().rstrip()))
+            return status_response(start_response, 503)
+        return status_response(start_response, 200)
+
+    return app
+
+
+def status_response(start_response, code):
+    """Start the response for HTTP `code`; 200 carries <Status>2</Status>, all others 1."""
+    body = DONE if code == 200 else RETRY
+    headers = [('Content-Type', CONTENT_TYPE), ('Content-Length', str(len(body))),
+               ('Cache-Control', 'no-store')]
+    if code == 405:
+        headers.append(('Allow', ALLOWED_METHODS))
+    start_response(HTTP_STATUS[code], headers)
+    return [body]
+
+
+def log(environ, text):
+    """One line to the server's error log."""
+    errors = environ.get('wsgi.errors') or sys.stderr
+    errors.write('fibosms-receiver: %s\n' % text)
+    errors.flush()
+
+
+def guid_note(guid):
+    return '' if guid is None else ' (guid %r)' % guid[:MAX_GUID]
+
+
+def settings(environ, given):
+    """Each setting: make_app's argument, else the WSGI environ, else os.environ, else None."""
+    config = {}
+    for name, variable in SETTINGS.items():
+        value = given[name]
+        if value is None:
+            value = environ.get(variable) or os.environ.get(variable) or None
+        config[name] = value
+    if config['db'] is None:
+        config['db'] = storage.default_path()
+    return config
+
+
+# -- Reading a push ---------------------------------------------------------------------------
+
+def read_push(environ, config):
+    """Check the request and the caller; return the push as a dict of storage columns."""
+    method = environ.get('REQUEST_METHOD', 'GET')
+    if method not in ('GET', 'POST'):
+        raise Reject(405, 'method %s not allowed' % method[:20])
+    remote = client_address(environ, config['trusted_proxies'])
+    if config['allow'] and not address_allowed(remote, config['allow']):
+        raise Reject(403, 'address %s not allowed' % remote)
+    query = environ.get('QUERY_STRING', '').encode('latin-1')   # PEP 3333: bytes as latin-1
+    if len(query) > MAX_INPUT:
+        raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))
+    raw = query.split(b'&') if query else []
+    if method == 'POST':
+        body = read_body(environ)
+        raw += body.split(b'&') if body else []
+    charset, params, kept = decode_params(raw)
+    check_token(environ, params, config['token'])
+    push = parse_push(params)
+    push.update(charset=charset, remote_addr=remote or None,
+                raw_query=b'&'.join(kept).decode('latin-1'))
+    return push
+
+
+def read_body(environ):
+    """The POST body, at most MAX_INPUT bytes, which must be a form (or empty)."""
+    length = environ.get('CONTENT_LENGTH', '').strip()
+    stream = environ['wsgi.input']
+    if length:
+        if not length.isdecimal():
+            raise Reject(400, 'Content-Length %r is not a number' % length[:20])
+        if int(length) > MAX_INPUT:
+            raise Reject(413, 'body of %s bytes is over %d' % (length, MAX_INPUT))
+        body = stream.read(int(length)) if int(length) else b''
+        if len(body) < int(length):
+            raise Reject(400, 'body ended after %d of %s bytes' % (len(body), length))
+    elif environ.get('wsgi.input_terminated'):  # chunked: the server marks where it ends
+        body = stream.read(MAX_INPUT + 1)
+        if len(body) > MAX_INPUT:
+            raise Reject(413, 'body is over %d bytes' % MAX_INPUT)
+    else:
+        return b''
+    kind = environ.get('CONTENT_TYPE', '').split(';')[0].strip().lower()
+    if body and kind not in ('', FORM_TYPE):
+        raise Reject(415, 'body of type %r is not a form' % kind[:40])
+    return body
+
+
+def decode_params(raw):
+    """Decode raw ``name=value`` pieces; return ``(charset, {name: value}, kept_pieces)``.
+
+    ``+`` and percent-escapes become bytes, ``%uXXXX`` (legacy .NET encoders) its code point;
+    the bytes are read as UTF-8, else Windows-1258 (Vietnamese), else Latin-1, the same for
+    the whole push, so a push is never refused for its encoding nor gets U+FFFD put in.
+    `kept_pieces` are the raw pieces without the token, for the raw_query column.
+    """
+    pieces = []
+    for piece in raw:
+        if piece:
+            name, _, value = piece.partition(b'=')
+            pieces.append((piece, unescape(name), unescape(value)))
+    for charset in CHARSETS:
+        try:
+            decoded = [(piece, join_parts(n, charset), join_parts(v, charset))
+                       for piece, n, v in pieces]
+            break
+        except UnicodeDecodeError:
+            continue
+    params, kept = {}, []
+    for piece, name, value in decoded:
+        if name in params:
+            raise Reject(400, 'parameter %r given twice' % name[:40])
+        params[name] = value
+        if name != 'token':
+            kept.append(piece)
+    return charset, params, kept
+
+
+def unescape(raw):
+    """Undo form encoding of `raw` bytes: a list of bytes (to decode) and str (from %uXXXX)."""
+    raw = raw.replace(b'+', b' ')
+    if b'%' not in raw:
+        return [raw]
+    chunks = raw.split(b'%')
+    parts, buf = [], bytearray(chunks[0])
+    i = 1
+    while i < len(chunks):
+        chunk = chunks[i]
+        code = chunk[1:5]
+        if chunk[:1] in (b'u', b'U') and len(code) == 4 and HEX.issuperset(code):
+            point, rest = int(code, 16), chunk[5:]
+            if 0xD800 <= point < 0xDC00 and i + 1 < len(chunks) and not rest:
+                low = chunks[i + 1][1:5]  # a UTF-16 surrogate pair spans two escapes
+                if (chunks[i + 1][:1] in (b'u', b'U') and len(low) == 4
+                        and HEX.issuperset(low) and 0xDC00 <= int(low, 16) < 0xE000):
+                    point = 0x10000 + ((point - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+                    i += 1
+                    rest = chunks[i][5:]
+            if 0xD800 <= point < 0xE000:   # a lone surrogate is no character: keep the text
+                buf += b'%' + chunk
+            else:
+                parts += [bytes(buf), chr(point)]
+                buf = bytearray(rest)
+        elif len(chunk) >= 2 and HEX.issuperset(chunk[:2]):
+            buf.append(int(chunk[:2], 16))
+            buf += chunk[2:]
+        else:                               # a lone '%' stays as it is
+            buf += b'%' + chunk
+        i += 1
+    parts.append(bytes(buf))
+    return parts
+
+
+def join_parts(parts, charset):
+    return ''.join(p if isinstance(p, str) else p.decode(charset) for p in parts)
+
+
+def parse_push(params):
+    """The push's columns from its decoded parameters; Reject(400) if it is malformed."""
+    guid = params.pop('guid', '').strip()
+    phone = params.pop('phone', '').strip()
+    message = params.pop('message', '')
+    params.pop('token', None)
+    if not guid:
+        raise Reject(400, 'guid missing or empty')
+    if len(guid) > MAX_GUID:
+        raise Reject(400, 'guid of %d characters is over %d' % (len(guid), MAX_GUID))
+    if not phone:
+        raise Reject(400, 'phone missing or empty')
+    if len(phone) > MAX_PHONE:
+        raise Reject(400, 'phone of %d characters is over %d' % (len(phone), MAX_PHONE))
+    extra = '{}'
+    if params:  # parameters the gateway may add: kept, never dropped
+        import json
+        extra = json.dumps(params, ensure_ascii=False, sort_keys=True)
+    return {'guid': guid, 'phone': phone, 'phone_normalised': normalise_phone(phone),
+            'message': message, 'extra': extra}
+
+
+def normalise_phone(phone):
+    """International digits: '0912 345 678', '+84912345678', '84912345678' -> '84912345678'.
+
+    A leading 0 is Vietnam's trunk prefix (country code 84); '+' or '00' starts an
+    international number. None when there are no digits (a sender name, say).
+    """
+    digits = ''.join(c for c in phone if c in '0123456789')
+    if not digits:
+        return None
+    if phone.startswith('+'):
+        return digits
+    if digits.startswith('00'):
+        return digits[2:]
+    if digits.startswith('0'):
+        return '84' + digits[1:]
+    return digits
+
+
+# -- Who may call -----------------------------------------------------------------------------
+
+def check_token(environ, params, token):
+    """Reject(403) unless the secret is the URL's last path segment or the token parameter."""
+    if not token:
+        return
+    import hmac
+    secret = token.encode('utf-8') if isinstance(token, str) else token
+    path = environ.get('PATH_INFO', '').encode('latin-1')  # PEP 3333: bytes as latin-1
+    offered = [path.rstrip(b'/').rpartition(b'/')[2]]
+    if 'token' in params:
+        offered.append(params['token'].encode('utf-8'))
+    # compare_digest takes time independent of where the bytes differ.
+    if not any(hmac.compare_digest(secret, candidate) for candidate in offered):
+        raise Reject(403, 'wrong or missing token')
+
+
+def client_address(environ, trusted_proxies):
+    """REMOTE_ADDR, or, when that is a trusted proxy, the nearest untrusted X-Forwarded-For
+    address (the ones further left were written by the client and prove nothing)."""
+    remote = environ.get('REMOTE_ADDR', '')
+    if not trusted_proxies or not address_allowed(remote, trusted_proxies):
+        return remote
+    forwarded = environ.get('HTTP_X_FORWARDED_FOR', '')
+    for hop in reversed([h.strip() for h in forwarded.split(',') if h.strip()]):
+        if not address_allowed(hop, trusted_proxies):
+            return hop
+        remote = hop
+    return remote
+
+
+def address_allowed(address, networks):
+    """Whether `address` is in `networks` (comma-separated text or a list)."""
+    import ipaddress
+    parsed = parse_networks(networks if isinstance(networks, str) else ','.join(networks))
+    try:
+        ip = ipaddress.ip_address(address.split('%')[0])  # drop an IPv6 zone: fe80::1%eth0
+    except ValueError:
+        return False
+    if getattr(ip, 'ipv4_mapped', None):  # ::ffff:192.0.2.1 from a dual-stack socket
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in parsed)
+
+
+_networks_cache = {}
+
+
+def parse_networks(text):
+    """'192.0.2.1, 2001:db8::/32' -> ip_network objects; Reject(503) for a bad entry."""
+    if text not in _networks_cache:
+        import ipaddress
+        networks = []
+        for entry in text.split(','):
+            if entry.strip():
+                try:
+                    networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+                except ValueError:
+                    raise Reject(503, 'configuration: %r is not an address or network'
+                                 % entry.strip()[:60])
+        _networks_cache[text] = tuple(networks)
+    return _networks_cache[text]
+
+
+# -- Storing and processing -------------------------------------------------------------------
+
+def store_and_process(push, config, environ, handler_timeout):
+    """Store the push durably and run the hook; return normally only when the answer is 2."""
+    handler = resolve_handler(config['handler'])
+
+    def connect():
+        return storage.connect(config['db'], config['journal'])
+
+    try:
+        conn = connect()
+        try:
+            action, first = storage.deliver(
+                conn, push, storage.CLAIM_SECONDS if handler else None)
+        finally:
+            conn.close()
+    except (storage.StorageError, storage.sqlite3.Error, OSError) as exc:
+        raise Reject(503, 'storage failed: %s: %s' % (type(exc).__name__, exc))
+    if first and (first['phone'] != push['phone'] or first['message'] != push['message']):
+        log(environ, 'warning: guid %r delivered again with a different phone or message;'
+                     ' the first one is kept' % push['guid'])
+    if action == 'busy':
+        raise Reject(503, 'hook already running for this guid')
+    if action == 'run':
+        run_handler(handler, push['guid'], connect, handler_timeout)
+
+
+def resolve_handler(handler):
+    """The hook as a callable, or None; Reject(503) when 'module:function' will not load."""
+    if handler is None or callable(handler):
+        return handler
+    try:
+        return storage.load_handler(handler)
+    except Exception as exc:
+        raise Reject(503, 'configuration: hook %r will not load: %s: %s'
+                     % (handler, type(exc).__name__, exc))
+
+
+def run_handler(handler, guid, connect, timeout):
+    """Run the hook in a thread of its own and wait at most `timeout` seconds for it.
+
+    A hook that hangs keeps its claim (so it is not run twice at once); if it never ends, the
+    claim expires after storage.CLAIM_SECONDS and a later delivery runs it again.
+    """
+    import threading
+    outcome = []
+
+    def work():
+        try:
+            outcome.append(storage.process(connect, guid, handler))
+        except Exception as exc:  # the hook's outcome could not be recorded
+            outcome.append('recording the outcome failed: %s' % type(exc).__name__)
+
+    thread = threading.Thread(target=work, name='fibosms-hook', daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise Reject(503, 'hook still running after %g s' % timeout)
+    if outcome[0] is not None:
+        raise Reject(503, 'hook failed: %s' % outcome[0])
+
+
+application = make_app()
+
+
+# -- Entry points: CGI and the small server ---------------------------------------------------
+
+def serve_cgi(app=application):
+    """Serve the one request of a CGI process (the web server set GATEWAY_INTERFACE)."""
+    from wsgiref.handlers import CGIHandler
+    CGIHandler().run(app)
+
+
+def make_server(host, port, app):
+    """A threaded wsgiref server whose request log leaves out query strings and tokens."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Handler(WSGIRequestHandler):
+        def log_request(self, code='-', size='-'):
+            # The query string carries personal data, the last path segment maybe the secret.
+            path = self.path.split('?')[0]
+            if path.strip('/'):
+                path = path.rstrip('/').rpartition('/')[0] + '/***'
+            self.log_message('"%s %s" %s %s', self.command, path, code, size)
+
+        def log_error(self, format, *args):
+            # http.server's messages quote the raw request line; keep only their first word.
+            self.log_message('error: %s', (format % args).split(' ')[0][:40])
+
+    from wsgiref.simple_server import make_server as wsgiref_make_server
+    return wsgiref_make_server(host, port, app, server_class=Server, handler_class=Handler)
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(
+        description='Receive FiboSMS pushes with a small threaded server.')
+    parser.add_argument('--host', default='127.0.0.1', help='address to listen on (%(default)s)')
+    parser.add_argument('--port', type=int, default=8000, help='port (%(default)s; 0: any free)')
+    parser.add_argument('--db', help='database file (default: $FIBOSMS_DB or '
+                                     '~/.fibosms/messages.sqlite3)')
+    args = parser.parse_args(argv)
+    app = make_app(db=os.path.abspath(args.db)) if args.db else application
+    server = make_server(args.host, args.port, app)
+    host, port = server.server_address[:2]
+    print('Listening on http://%s:%d/' % (host, port))
+    print('Database: %s' % os.path.abspath(
+        args.db or os.environ.get('FIBOSMS_DB') or storage.default_path()))
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == '__main__':
+    if 'GATEWAY_INTERFACE' in os.environ:
+        serve_cgi()
+    else:
+        sys.exit(main())
