@@ -283,9 +283,10 @@ def parse_push(params):
     if len(guid) > MAX_GUID:
         raise Reject(400, 'guid of %d characters is over %d' % (len(guid), MAX_GUID))
     if not phone:
-        raise Reject(400, 'phone missing or empty')
+        raise Reject(400, 'phone missing or empty' + guid_note(guid))
     if len(phone) > MAX_PHONE:
-        raise Reject(400, 'phone of %d characters is over %d' % (len(phone), MAX_PHONE))
+        raise Reject(400, 'phone of %d characters is over %d%s'
+                     % (len(phone), MAX_PHONE, guid_note(guid)))
     extra = '{}'
     if params:  # parameters the gateway may add: kept, never dropped
         import json
