@@ -119,6 +119,8 @@ def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True):
     -journal files the database file's permissions). Each caller gets its own connection:
     a connection is never shared across threads or processes.
     """
+    if journal is not None and journal not in JOURNAL_MODES:
+        raise StorageError('journal mode %r is not one of %s' % (journal, ', '.join(JOURNAL_MODES)))
     path = os.path.abspath(path)
     if not os.path.exists(path):
         if not create:
@@ -126,8 +128,6 @@ def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True):
         create_file(path)
     if journal is None:
         journal = choose_journal(path)
-    if journal not in JOURNAL_MODES:
-        raise StorageError('journal mode %r is not one of %s' % (journal, ', '.join(JOURNAL_MODES)))
     # isolation_level=None: no implicit transactions; we BEGIN and COMMIT ourselves.
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     try:
