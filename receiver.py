@@ -160,10 +160,10 @@ def read_push(environ, config):
     """Check the request and the caller; return the push as a dict of storage columns."""
     method = environ.get('REQUEST_METHOD', 'GET')
     if method not in ('GET', 'POST'):
-        raise Reject(405, 'method %s not allowed' % method[:20])
+        raise Reject(405, 'method %r not allowed' % method[:20])
     remote = client_address(environ, config['trusted_proxies'])
     if config['allow'] and not address_allowed(remote, config['allow']):
-        raise Reject(403, 'address %s not allowed' % remote)
+        raise Reject(403, 'address %r not allowed' % remote[:60])
     query = environ.get('QUERY_STRING', '').encode('latin-1')   # PEP 3333: bytes as latin-1
     if len(query) > MAX_INPUT:
         raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))

@@ -279,15 +279,18 @@ def try_claim(conn, row, now, claim_seconds):
 def process(connect, guid, handler):
     """Run ``handler(message)`` for the claimed `guid` and record the outcome.
 
+    `message` is the stored row as a dict, its ``extra`` parameters as a dict.
     `connect` opens a fresh connection (this may run in a thread of its own). Returns None
     when the hook returned, or the exception's class name when it raised; the traceback goes
     to the row's ``last_error`` for the operator.
     """
+    import json
     conn = connect()
     try:
         message = dict(conn.execute(SELECT_MESSAGE, (guid,)).fetchone())
     finally:
         conn.close()
+    message['extra'] = json.loads(message['extra'])
     try:
         handler(message)
     except Exception as exc:
