@@ -1,0 +1,123 @@
+"""deploy/cgi/ (.htaccess and receiver.cgi) on a private Apache 2.4 with mod_cgid, the way a
+shared host runs them: the host's configuration allows .htaccess overrides (AllowOverride All)
+and knows nothing of the receiver; the two shipped files are uploaded to public_html/fibosms/,
+receiver.py and storage.py outside public_html.
+
+.htaccess is used as it is; receiver.cgi is changed only on the lines it marks CHANGE.
+"""
+import os
+
+import pytest
+
+import servers
+from servers import TOKEN
+
+HOST_CONFIG = """\
+# A shared host: CGI on, .htaccess obeyed; its access log records whole request lines.
+ScriptSock {run}/cgid.sock
+DocumentRoot {www}
+<Directory {www}>
+    Options SymLinksIfOwnerMatch
+    AllowOverride All
+    Require all granted
+</Directory>
+"""
+
+
+@pytest.fixture(scope='module')
+def site():
+    """One Apache serving public_html/fibosms/ with the shipped files, shared by this module."""
+    ws = servers.Workspace('cgi')
+    apache = None
+    try:
+        folder = ws.folder('www', 'fibosms')
+        servers.place_decoys(folder, ws)
+        for name in ('receiver.py', 'storage.py', 'settings.ini', '.env'):  # uploaded by mistake
+            ws.copy(os.path.join(ws.app, 'receiver.py'), os.path.join(folder, name), 0o644)
+        ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
+                os.path.join(folder, '.htaccess'), 0o644)
+        ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
+            ("os.path.expanduser('~/fibosms')", repr(ws.app)),
+            ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
+            ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
+        ]), mode=0o755)
+        host = HOST_CONFIG.format(run=ws.run, www=ws.www)
+        apache = servers.Apache(ws, ['cgid'], host).start()
+        root = 'http://127.0.0.1:%d/fibosms/' % apache.port
+        yield servers.Site(
+            base=root + 'receiver.cgi/', db=ws.db, folder_url=root,
+            access_log=lambda: ws.log('error.log'),
+            forbidden=[root + name for name in (
+                'receiver.cgi', 'receiver.py', 'storage.py', 'settings.ini', '.env',
+                '.htaccess')],
+            default_db=os.path.join(os.path.expanduser('~' + ws.user),
+                                    'fibosms-data', 'messages.sqlite3'))
+    finally:
+        if apache is not None:
+            apache.stop()
+        ws.remove()
+
+
+def test_apache_cgi_vietnamese_push_stored_exactly(site):
+    """A Vietnamese push is answered <Status>2</Status> and stored character for character."""
+    servers.check_vietnamese_push_stored(site)
+
+
+def test_apache_cgi_duplicate_guid_stored_once(site):
+    """The gateway's resend of a guid is answered 2 again and leaves one row."""
+    servers.check_duplicate_guid_one_row(site)
+
+
+def test_apache_cgi_token_in_path_accepted(site):
+    """The secret as the last path segment after receiver.cgi is accepted."""
+    servers.check_token_in_path_works(site)
+
+
+def test_apache_cgi_wrong_token_refused_403(site):
+    """A wrong or missing secret gets 403 <Status>1</Status> and stores nothing."""
+    servers.check_wrong_token_refused(site)
+
+
+def test_apache_cgi_wrapper_settings_reach_app(site):
+    """The database named in receiver.cgi is the file the push lands in (no SetEnv needed)."""
+    servers.check_settings_reach_app(site)
+
+
+def test_apache_cgi_database_code_and_config_not_downloadable(site):
+    """Through the shipped .htaccess: database files, code, settings and dotfiles get 403, and
+    receiver.cgi runs instead of showing its secret."""
+    servers.check_files_not_downloadable(site)
+
+
+def test_apache_cgi_error_log_has_no_query_string(site):
+    """The receiver's log lines (the host's error log) hold no query string nor the secret;
+    a .htaccess cannot change the host's own access log."""
+    servers.check_access_log_has_no_query(site)
+
+
+def test_apache_cgi_push_py_reports_success(site):
+    """deploy/push.py against the page exits 0 and the push is stored."""
+    servers.check_push_py_succeeds(site)
+
+
+def test_apache_cgi_htaccess_refuses_all_without_cgi_module():
+    """With no CGI module, the shipped .htaccess refuses receiver.cgi instead of sending its
+    source, secret and all."""
+    ws = servers.Workspace('nocgi')
+    apache = None
+    try:
+        folder = ws.folder('www', 'fibosms')
+        ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
+                os.path.join(folder, '.htaccess'), 0o644)
+        ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet(
+            'cgi/receiver.cgi', [("'change-me-to-a-long-random-secret'", repr(TOKEN))]),
+            mode=0o755)
+        host = HOST_CONFIG.replace('ScriptSock {run}/cgid.sock\n', '').format(www=ws.www)
+        apache = servers.Apache(ws, [], host).start()
+        response = servers.get('http://127.0.0.1:%d/fibosms/receiver.cgi' % apache.port)
+        assert response.status == 403, response
+        assert TOKEN.encode() not in response.body
+    finally:
+        if apache is not None:
+            apache.stop()
+        ws.remove()
