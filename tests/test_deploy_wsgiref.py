@@ -75,3 +75,22 @@ def test_wsgiref_listens_on_loopback_only(site):
     """As the unit starts it, the server listens on 127.0.0.1, for the reverse proxy alone."""
     assert site.receiver.listening[0].strip() == (
         'Listening on http://127.0.0.1:%d/' % site.receiver.port)
+
+
+def test_wsgiref_push_py_retries_five_times_then_fails(site):
+    """deploy/push.py, refused with <Status>1</Status>, tries 5 times like the gateway, then
+    exits 1."""
+    code, output = servers.run_push_py(site.base + servers.WRONG_TOKEN, '--phone',
+                                       servers.PHONE, '--message', 'x', '--wait', '0')
+    assert code == 1, output
+    assert output.count('HTTP 403, failed; the gateway would send it again') == 5, output
+    assert 'try 5 of 5' in output and 'FAILED' in output, output
+
+
+def test_wsgiref_push_py_fails_when_nothing_answers(site):
+    """deploy/push.py against a port where nothing listens reports no answer and exits 1."""
+    url = 'http://127.0.0.1:%d/%s' % (servers.free_port(), servers.TOKEN)
+    code, output = servers.run_push_py(url, '--phone', servers.PHONE, '--message', 'x',
+                                       '--tries', '2', '--wait', '0')
+    assert code == 1, output
+    assert output.count('no answer (ConnectionRefusedError') == 2, output
