@@ -17,8 +17,9 @@ The checks at the bottom (check_*) are the behaviours every way of deploying mus
 family's test module calls them, one test per behaviour.
 """
 import os
-import pwd
 import grp
+import pwd
+import select
 import shlex
 import shutil
 import signal
@@ -370,9 +371,17 @@ class Receiver(object):
             self.argv, env=unit_environment(self.ws), cwd='/', stdout=subprocess.PIPE,
             stderr=err, preexec_fn=self.drop_privileges)
         err.close()
-        lines = []
-        for _ in range(2):  # "Listening on http://HOST:PORT/" and "Database: PATH"
-            lines.append(self.process.stdout.readline().decode('utf-8', 'replace'))
+        # "Listening on http://HOST:PORT/" and "Database: PATH", read from the pipe's file
+        # descriptor (select() knows nothing of a file object's buffer) with a deadline.
+        out, fd = b'', self.process.stdout.fileno()
+        deadline = time.monotonic() + START_TIMEOUT
+        while out.count(b'\n') < 2:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 4096) if ready else b''
+            if not chunk:
+                break
+            out += chunk
+        lines = out.decode('utf-8', 'replace').splitlines(True)
         self.listening = lines
         wait_for_port(self.port, self.process, lambda: (
             '%s did not start.\n--- stdout:\n%s\n--- stderr:\n%s' % (
