@@ -84,14 +84,12 @@ def test_apache_cgi_wrapper_settings_reach_app(site):
 
 
 def test_apache_cgi_database_code_and_config_not_downloadable(site):
-    """Through the shipped .htaccess: database files, code, settings and dotfiles get 403, and
-    receiver.cgi runs instead of showing its secret."""
+    """The shipped .htaccess refuses database files, code, settings and dotfiles (403)."""
     servers.check_files_not_downloadable(site)
 
 
 def test_apache_cgi_error_log_has_no_query_string(site):
-    """The receiver's log lines (the host's error log) hold no query string nor the secret;
-    a .htaccess cannot change the host's own access log."""
+    """The receiver's log lines, in the host's error log, hold no query string nor secret."""
     servers.check_access_log_has_no_query(site)
 
 
@@ -101,8 +99,7 @@ def test_apache_cgi_push_py_reports_success(site):
 
 
 def test_apache_cgi_htaccess_refuses_all_without_cgi_module():
-    """With no CGI module, the shipped .htaccess refuses receiver.cgi instead of sending its
-    source, secret and all."""
+    """Without a CGI module the .htaccess refuses receiver.cgi rather than show its secret."""
     ws = servers.Workspace('nocgi')
     apache = None
     try:
@@ -121,3 +118,12 @@ def test_apache_cgi_htaccess_refuses_all_without_cgi_module():
         if apache is not None:
             apache.stop()
         ws.remove()
+
+
+def test_apache_cgi_script_ships_executable_with_lf_endings():
+    """deploy/cgi/receiver.cgi is mode 755 with LF line endings, ready to upload as it is."""
+    path = os.path.join(servers.DEPLOY, 'cgi', 'receiver.cgi')
+    assert os.stat(path).st_mode & 0o777 == 0o755
+    with open(path, 'rb') as f:
+        content = f.read()
+    assert content.startswith(b'#!/usr/bin/env python3\n') and b'\r' not in content

@@ -74,8 +74,7 @@ def test_apache_proxy_database_files_not_downloadable(site):
 
 
 def test_apache_proxy_access_log_has_no_query_string(site):
-    """The snippet's access logs and the receiver's log hold neither query strings nor the
-    secret."""
+    """The snippet's access logs and the receiver's log hold no query string nor secret."""
     servers.check_access_log_has_no_query(site)
 
 
@@ -85,8 +84,7 @@ def test_apache_proxy_push_py_reports_success(site):
 
 
 def test_apache_proxy_forwards_client_address(site):
-    """A caller at 127.0.0.2 is recorded as 127.0.0.2, not as the proxy: the receiver believes
-    the proxy's X-Forwarded-For (FIBOSMS_TRUSTED_PROXIES in the EnvironmentFile)."""
+    """A caller at 127.0.0.2 is stored as 127.0.0.2: the proxy's X-Forwarded-For is believed."""
     guid = servers.new_guid()
     query = servers.push_query('address', servers.PHONE, guid)
     path = urllib.parse.urlsplit(site.url).path + '?' + query

@@ -70,8 +70,7 @@ def test_nginx_database_files_not_downloadable(site):
 
 
 def test_nginx_access_log_has_no_query_string(site):
-    """The snippet's access log and the receiver's log hold neither query strings nor the
-    secret."""
+    """The snippet's access log and the receiver's log hold no query string nor secret."""
     servers.check_access_log_has_no_query(site)
 
 

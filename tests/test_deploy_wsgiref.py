@@ -55,14 +55,12 @@ def test_wsgiref_unit_settings_reach_app(site):
 
 
 def test_wsgiref_database_not_downloadable(site):
-    """No path gives out the database, its side files or the settings: the server serves
-    nothing but the receiver."""
+    """No path gives out the database, its side files or the settings (403)."""
     servers.check_files_not_downloadable(site)
 
 
 def test_wsgiref_request_log_has_no_query_string(site):
-    """The server's request log (stderr, the journal under systemd) holds neither query
-    strings nor the secret."""
+    """The request log (stderr: the journal under systemd) holds no query string nor secret."""
     servers.check_access_log_has_no_query(site)
 
 
@@ -78,8 +76,7 @@ def test_wsgiref_listens_on_loopback_only(site):
 
 
 def test_wsgiref_push_py_retries_five_times_then_fails(site):
-    """deploy/push.py, refused with <Status>1</Status>, tries 5 times like the gateway, then
-    exits 1."""
+    """deploy/push.py, answered <Status>1</Status>, tries 5 times like the gateway, exits 1."""
     code, output = servers.run_push_py(site.base + servers.WRONG_TOKEN, '--phone',
                                        servers.PHONE, '--message', 'x', '--wait', '0')
     assert code == 1, output
