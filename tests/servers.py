@@ -7,7 +7,8 @@ a document root, logs and a TLS certificate. It then starts one real server in i
 - Apache 2.4 (Debian's apache2 binary and modules) as a private instance: ServerRoot, PidFile,
   logs and sockets in the workspace, one free 127.0.0.1 port, a small "host" configuration
   written here (what Debian's apache2.conf or a hosting provider supplies) and the SHIPPED
-  snippet appended to it, changed only on the lines it marks CHANGE (paths, port, secret);
+  snippet appended to it, changed only on the lines it marks CHANGE (port, certificate,
+  secret) and in its paths (snippet() fails when one of those lines is no longer there);
 - nginx the same way;
 - receiver.py's own server, started with the ExecStart line of the shipped systemd unit.
 
@@ -16,8 +17,8 @@ A server that does not start raises with its error log: these tests fail, never 
 The checks at the bottom (check_*) are the behaviours every way of deploying must have; each
 family's test module calls them, one test per behaviour.
 """
-import os
 import grp
+import os
 import pwd
 import select
 import shlex
@@ -71,7 +72,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class Workspace(object):
+class Workspace:
     """A private folder tree for one server; remove() deletes it.
 
     Not pytest's tmp_path: that lives under a 0700 folder of root's, which www-data, the user
@@ -132,7 +133,8 @@ def make_certificate(folder):
     """A self-signed certificate for 127.0.0.1 and localhost: (cert path, key path)."""
     cert, key = os.path.join(folder, 'cert.pem'), os.path.join(folder, 'key.pem')
     subprocess.run(
-        ['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+         '-nodes', '-days', '2',
          '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
          '-keyout', key, '-out', cert],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -204,7 +206,7 @@ SSLSessionCache shmcb:{run}/ssl_scache(512000)
 """
 
 
-class Apache(object):
+class Apache:
     """A private Apache: Apache(ws, modules, site_config).start() ... stop()."""
 
     def __init__(self, ws, modules, site_config, port=None):
@@ -290,7 +292,7 @@ http {{
 """
 
 
-class Nginx(object):
+class Nginx:
     """A private nginx: Nginx(ws, site_config).start() ... stop()."""
 
     def __init__(self, ws, site_config, port=None):
@@ -350,7 +352,7 @@ def unit_environment(ws):
     return env
 
 
-class Receiver(object):
+class Receiver:
     """`python3 receiver.py ...` started from the unit's ExecStart, as the unit's user would
     run it (www-data standing in for the DynamicUser), with only our paths and port swapped in."""
 
@@ -403,7 +405,7 @@ class Receiver(object):
 
 # -- HTTP -------------------------------------------------------------------------------------
 
-class Response(object):
+class Response:
     def __init__(self, status, headers, body):
         self.status, self.headers, self.body = status, headers, body
 
@@ -456,7 +458,7 @@ def run_push_py(url, *args, **kwargs):
 
 # -- The checks every deployment must pass ----------------------------------------------------
 
-class Site(object):
+class Site:
     """A running deployment as the checks see it.
 
     base: the page's URL without the secret (e.g. https://127.0.0.1:PORT/fibosms/);
