@@ -308,7 +308,7 @@ class Nginx:
     def start(self):
         nginx = shutil.which('nginx', path=SERVER_ENV['PATH'])
         if nginx is None:
-            raise RuntimeError('nginx is not installed (apt-get install nginx-light)')
+            raise RuntimeError('nginx is not installed (apt-get install nginx)')
         out = open(os.path.join(self.ws.logs, 'nginx_stdout.log'), 'wb')
         self.process = subprocess.Popen(
             [nginx, '-p', self.ws.base, '-e', os.path.join(self.ws.logs, 'error.log'),
