@@ -380,7 +380,7 @@ def parse_networks(text):
 
 def store_and_process(push, config, environ, handler_timeout):
     """Store the push durably and run the hook; return normally only when the answer is 2."""
-    handler = resolve_handler(config['handler'])
+    handler = config['handler']
 
     def connect():
         return storage.connect(config['db'], config['journal'])
@@ -403,17 +403,6 @@ def store_and_process(push, config, environ, handler_timeout):
         run_handler(handler, push['guid'], connect, handler_timeout)
 
 
-def resolve_handler(handler):
-    """The hook as a callable, or None; Reject(503) when 'module:function' will not load."""
-    if handler is None or callable(handler):
-        return handler
-    try:
-        return storage.load_handler(handler)
-    except Exception as exc:
-        raise Reject(503, 'configuration: hook %r will not load: %s: %s'
-                     % (handler, type(exc).__name__, exc))
-
-
 def run_handler(handler, guid, connect, timeout):
     """Run the hook in a thread of its own and wait at most `timeout` seconds for it.
 
@@ -426,8 +415,8 @@ def run_handler(handler, guid, connect, timeout):
     def work():
         try:
             outcome.append(storage.process(connect, guid, handler))
-        except Exception as exc:  # the hook's outcome could not be recorded
-            outcome.append('recording the outcome failed: %s' % type(exc).__name__)
+        except Exception as exc:  # the database failed around the hook
+            outcome.append('storage failed around it: %s' % type(exc).__name__)
 
     thread = threading.Thread(target=work, name='fibosms-hook', daemon=True)
     thread.start()
@@ -464,6 +453,10 @@ def make_server(host, port, app):
             if path.strip('/'):
                 path = path.rstrip('/').rpartition('/')[0] + '/***'
             self.log_message('"%s %s" %s %s', self.command, path, code, size)
+
+        def log_message(self, format, *args):
+            WSGIRequestHandler.log_message(self, format, *args)
+            sys.stderr.flush()  # before 3.9, Python block-buffers a stderr that is no tty
 
         def log_error(self, format, *args):
             # http.server's messages quote the raw request line; keep only their first word.

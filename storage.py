@@ -185,12 +185,19 @@ def filesystem_type(path, mounts='/proc/mounts'):
         fields = line.split()
         if len(fields) < 3:
             continue
-        # /proc/mounts writes a space in a path as \040 (see proc(5)).
-        point = fields[1].replace('\\040', ' ')
+        point = unescape_mount(fields[1])
         inside = target == point or target.startswith(point.rstrip('/') + '/')
         if inside and len(point) >= len(best):  # the last, longest mount point wins
             best, best_type = point, fields[2]
     return best_type
+
+
+def unescape_mount(field):
+    """/proc/mounts writes a space, tab, newline or backslash in a path as an octal escape
+    (see proc(5)); the backslash last, so that an escaped backslash is not read again."""
+    for escape, char in (('\\040', ' '), ('\\011', '\t'), ('\\012', '\n'), ('\\134', '\\')):
+        field = field.replace(escape, char)
+    return field
 
 
 def migrate(conn):
@@ -279,7 +286,8 @@ def try_claim(conn, row, now, claim_seconds):
 def process(connect, guid, handler):
     """Run ``handler(message)`` for the claimed `guid` and record the outcome.
 
-    `message` is the stored row as a dict, its ``extra`` parameters as a dict.
+    `handler` is a callable or 'module:function'; `message` is the stored row as a dict, its
+    ``extra`` parameters as a dict.
     `connect` opens a fresh connection (this may run in a thread of its own). Returns None
     when the hook returned, or the exception's class name when it raised; the traceback goes
     to the row's ``last_error`` for the operator.
@@ -292,8 +300,11 @@ def process(connect, guid, handler):
         conn.close()
     message['extra'] = json.loads(message['extra'])
     try:
+        if not callable(handler):
+            # Loaded here, after the message is stored: a broken setting must not lose it.
+            handler = load_handler(handler)
         handler(message)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a hook thread would end it unseen
         import traceback
         error, summary = traceback.format_exc(), type(exc).__name__
     else:
@@ -389,7 +400,6 @@ def cmd_retry(conn, args):
     if not spec:
         print('no hook: give --handler module:function or set FIBOSMS_HANDLER', file=sys.stderr)
         return 2
-    handler = load_handler(spec)
     failures = 0
     for (guid,) in conn.execute(SELECT_RETRYABLE, (time.time(),)).fetchall():
         with transaction(conn):
@@ -398,7 +408,7 @@ def cmd_retry(conn, args):
                                                                  CLAIM_SECONDS)
         if not claimed:
             continue
-        error = process(lambda: connect(args.db, args.journal), guid, handler)
+        error = process(lambda: connect(args.db, args.journal), guid, spec)
         failures += error is not None
         print('%s %s' % (guid, 'failed: ' + error if error else 'processed'))
     return 1 if failures else 0
@@ -416,7 +426,7 @@ def cmd_check(conn, args):
     integrity = ', '.join(r[0] for r in conn.execute('PRAGMA integrity_check'))
     report('integrity', integrity, integrity == 'ok')
     mode = conn.execute('PRAGMA journal_mode').fetchone()[0]
-    report('journal_mode', mode, mode == args.journal)
+    report('journal_mode', mode, mode == args.expected_journal)
     sync = conn.execute('PRAGMA synchronous').fetchone()[0]
     report('synchronous', {2: 'full'}.get(sync, sync), sync == 2)
     for name, path in (('file', args.db), ('directory', os.path.dirname(args.db))):
@@ -427,6 +437,17 @@ def cmd_check(conn, args):
     schema = conn.execute('PRAGMA user_version').fetchone()[0]
     report('schema', schema, schema == SCHEMA_VERSION)
     return 1 if problems else 0
+
+
+def current_journal(path):
+    """The journal mode of the database at `path`, read without changing it."""
+    if not os.path.exists(path):
+        raise StorageError('no database at %s' % path)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT)
+    try:
+        return conn.execute('PRAGMA journal_mode').fetchone()[0]
+    finally:
+        conn.close()
 
 
 def main(argv=None):
@@ -448,8 +469,11 @@ def main(argv=None):
     commands.add_parser('check', help=cmd_check.__doc__)
     args = parser.parse_args(argv)
     args.db = os.path.abspath(args.db)
-    args.journal = os.environ.get('FIBOSMS_JOURNAL') or choose_journal(args.db)
+    args.expected_journal = os.environ.get('FIBOSMS_JOURNAL') or choose_journal(args.db)
     try:
+        # Keep the file in the journal mode it is in: the command line inspects, it does not
+        # convert (and `check` could otherwise never see a database in the wrong mode).
+        args.journal = current_journal(args.db)
         conn = connect(args.db, journal=args.journal, create=False)
     except (StorageError, sqlite3.Error, OSError) as exc:
         print('storage.py: %s: %s' % (args.db, exc), file=sys.stderr)

@@ -297,14 +297,18 @@ def test_handler_from_environment(make_client, db, tmp_path, hook_module, monkey
     ('handle = 42\n', '{name}:handle'),
     ('def handle(message):\n    pass\n', '{name}.handle'),
 ])
-def test_hook_that_will_not_load_answers_503(make_client, hook_module, source, spec):
-    """A FIBOSMS_HANDLER that cannot be loaded answers 503 <Status>1</Status>, one log line."""
+def test_hook_that_will_not_load_answers_503_and_keeps_the_message(make_client, db,
+                                                                    hook_module, source, spec):
+    """A FIBOSMS_HANDLER that cannot be loaded answers 503 <Status>1</Status> with one log
+    line, and the message is stored all the same, marked failed with the reason."""
     name = hook_module(source) if source else None
     client = make_client(extra_environ={'FIBOSMS_HANDLER': spec.format(name=name)})
     res = client.get(PUSH, status=503, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
-    assert 'will not load' in line
+    assert 'hook failed' in line
+    [row] = rows(db)
+    assert row['state'] == 'failed' and 'Error' in row['last_error']
 
 
 # -- storage.py retry -------------------------------------------------------------------------
