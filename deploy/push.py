@@ -66,17 +66,23 @@ def describe(status, body, error):
         return 'no answer (%s)' % error
     answer = body.strip()
     if answer == DONE:
-        meaning = 'stored; the gateway would not send it again'
+        meaning = '<Status>2</Status>: stored; the gateway would not send it again'
     elif answer == RETRY:
-        meaning = 'failed; the gateway would send it again'
+        meaning = '<Status>1</Status>: failed; the gateway would send it again'
     else:
         meaning = 'not a FiboSMS status, counts as failed: %r' % body[:80]
-    return 'HTTP %d, %s' % (status, meaning)
+    return 'HTTP %d %s' % (status, meaning)
 
 
 def redact(url):
-    """The URL without its query string, for printing (the secret may be in the path)."""
-    return url.split('?')[0]
+    """The URL for printing: no query string, and its last path segment, which may be the
+    secret, as *** (as receiver.py logs it)."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    path = parts.path
+    if path.strip('/'):
+        path = path.rstrip('/').rpartition('/')[0] + '/***'
+    return '%s://%s%s' % (parts.scheme, parts.netloc, path)
 
 
 def main(argv=None):
@@ -112,8 +118,8 @@ def main(argv=None):
             return 0
         if attempt < args.tries:
             time.sleep(args.wait)
-    print('FAILED: no <Status>2</Status> after %d tries; the gateway would drop this SMS.'
-          % args.tries)
+    print('FAILED: no <Status>2</Status> after %d %s; the gateway would drop this SMS.'
+          % (args.tries, 'try' if args.tries == 1 else 'tries'))
     return 1
 
 

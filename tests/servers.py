@@ -556,6 +556,7 @@ def check_push_py_succeeds(site):
     code, output = run_push_py(site.url, '--phone', PHONE, '--message', VIETNAMESE,
                                '--guid', guid, cafile=site.cafile)
     assert code == 0, output
-    assert 'HTTP 200, stored' in output and 'OK:' in output, output
+    assert 'HTTP 200 <Status>2</Status>: stored' in output and 'OK:' in output, output
+    assert TOKEN not in output, output
     [row] = stored(site.db, guid)
     assert row['message'] == VIETNAMESE

@@ -80,7 +80,8 @@ def test_wsgiref_push_py_retries_five_times_then_fails(site):
     code, output = servers.run_push_py(site.base + servers.WRONG_TOKEN, '--phone',
                                        servers.PHONE, '--message', 'x', '--wait', '0')
     assert code == 1, output
-    assert output.count('HTTP 403, failed; the gateway would send it again') == 5, output
+    refused = 'HTTP 403 <Status>1</Status>: failed; the gateway would send it again'
+    assert output.count(refused) == 5, output
     assert 'try 5 of 5' in output and 'FAILED' in output, output
 
 
