@@ -3,9 +3,16 @@ shared host runs them: the host's configuration allows .htaccess overrides (Allo
 and knows nothing of the receiver; the two shipped files are uploaded to public_html/fibosms/,
 receiver.py and storage.py outside public_html.
 
+Every test runs twice: CGI as Apache's user, and under suEXEC as the site's owner (nobody
+here), as most shared hosts run it. suEXEC (apache2-suexec-pristine) only runs scripts under
+/var/www, so that run puts its document root in a temporary folder there.
+
 .htaccess is used as it is; receiver.cgi is changed only on the lines it marks CHANGE.
 """
 import os
+import pwd
+import shutil
+import tempfile
 
 import pytest
 
@@ -22,39 +29,67 @@ DocumentRoot {www}
     Require all granted
 </Directory>
 """
+SUEXEC_ROOT = '/var/www'                  # suexec-pristine's AP_DOC_ROOT
+SUEXEC_USER = ('nobody', 'nogroup')       # AP_UID_MIN and AP_GID_MIN are 100
 
 
-@pytest.fixture(scope='module')
-def site():
+def upload(ws, public_html, owner):
+    """Lay out public_html/fibosms/ as the user would upload it; return that folder."""
+    folder = os.path.join(public_html, 'fibosms')
+    os.mkdir(folder)
+    os.chmod(folder, 0o755)
+    servers.place_decoys(folder, ws)
+    for name in ('receiver.py', 'storage.py', 'settings.ini', '.env'):  # uploaded by mistake
+        ws.copy(os.path.join(ws.app, 'receiver.py'), os.path.join(folder, name), 0o644)
+    ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
+            os.path.join(folder, '.htaccess'), 0o644)
+    ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
+        ("os.path.expanduser('~/fibosms')", repr(ws.app)),
+        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
+        ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
+    ]), mode=0o755)
+    for path in (public_html, folder, os.path.join(folder, 'receiver.cgi'), ws.data):
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    return folder
+
+
+@pytest.fixture(scope='module', params=['cgid', 'suexec'])
+def site(request):
     """One Apache serving public_html/fibosms/ with the shipped files, shared by this module."""
     ws = servers.Workspace('cgi')
-    apache = None
+    apache = public_html = None
     try:
-        folder = ws.folder('www', 'fibosms')
-        servers.place_decoys(folder, ws)
-        for name in ('receiver.py', 'storage.py', 'settings.ini', '.env'):  # uploaded by mistake
-            ws.copy(os.path.join(ws.app, 'receiver.py'), os.path.join(folder, name), 0o644)
-        ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
-                os.path.join(folder, '.htaccess'), 0o644)
-        ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
-            ("os.path.expanduser('~/fibosms')", repr(ws.app)),
-            ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
-            ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
-        ]), mode=0o755)
-        host = HOST_CONFIG.format(run=ws.run, www=ws.www)
-        apache = servers.Apache(ws, ['cgid'], host).start()
+        if request.param == 'suexec':
+            public_html = tempfile.mkdtemp(prefix='fibosms-test-', dir=SUEXEC_ROOT)
+            os.chmod(public_html, 0o755)
+            owner = pwd.getpwnam(SUEXEC_USER[0])
+            host = 'SuexecUserGroup %s %s\n' % SUEXEC_USER
+            modules = ['cgid', 'suexec']
+        else:
+            public_html = ws.www
+            owner = pwd.getpwnam(ws.user)
+            host, modules = '', ['cgid']
+        upload(ws, public_html, owner)
+        host += HOST_CONFIG.format(run=ws.run, www=public_html)
+        apache = servers.Apache(ws, modules, host).start()
+        if request.param == 'suexec' and 'suEXEC mechanism enabled' not in ws.log('error.log'):
+            raise RuntimeError('Apache runs without suEXEC (apt-get install '
+                               'apache2-suexec-pristine):\n' + ws.log('error.log'))
         root = 'http://127.0.0.1:%d/fibosms/' % apache.port
-        yield servers.Site(
+        site = servers.Site(
             base=root + 'receiver.cgi/', db=ws.db, folder_url=root,
             access_log=lambda: ws.log('error.log'),
             forbidden=[root + name for name in (
                 'receiver.cgi', 'receiver.py', 'storage.py', 'settings.ini', '.env',
                 '.htaccess')],
-            default_db=os.path.join(os.path.expanduser('~' + ws.user),
-                                    'fibosms-data', 'messages.sqlite3'))
+            default_db=os.path.join(owner.pw_dir, 'fibosms-data', 'messages.sqlite3'))
+        site.script_uid = owner.pw_uid
+        yield site
     finally:
         if apache is not None:
             apache.stop()
+        if public_html is not None and public_html != ws.www:
+            shutil.rmtree(public_html, ignore_errors=True)
         ws.remove()
 
 
@@ -96,6 +131,12 @@ def test_apache_cgi_error_log_has_no_query_string(site):
 def test_apache_cgi_push_py_reports_success(site):
     """deploy/push.py against the page exits 0 and the push is stored."""
     servers.check_push_py_succeeds(site)
+
+
+def test_apache_cgi_runs_as_script_owner(site):
+    """The database is written by the user the script runs as (the site's owner under suEXEC)."""
+    servers.check_token_in_path_works(site)
+    assert os.stat(site.db).st_uid == site.script_uid
 
 
 def test_apache_cgi_htaccess_refuses_all_without_cgi_module():
