@@ -162,9 +162,10 @@ def test_apache_cgi_htaccess_refuses_all_without_cgi_module():
 
 
 def test_apache_cgi_script_ships_executable_with_lf_endings():
-    """deploy/cgi/receiver.cgi is mode 755 with LF line endings, ready to upload as it is."""
+    """deploy/cgi/receiver.cgi is executable, writable by its owner only, with LF endings."""
     path = os.path.join(servers.DEPLOY, 'cgi', 'receiver.cgi')
-    assert os.stat(path).st_mode & 0o777 == 0o755
+    mode = os.stat(path).st_mode
+    assert mode & 0o100 and not mode & 0o022, oct(mode)   # what suEXEC demands
     with open(path, 'rb') as f:
         content = f.read()
     assert content.startswith(b'#!/usr/bin/env python3\n') and b'\r' not in content
