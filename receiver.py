@@ -82,10 +82,11 @@ SETTINGS = {                    # make_app() argument -> environment variable
 class Reject(Exception):
     """A push answered <Status>1</Status>: `code` is the HTTP status, `reason` the log line."""
 
-    def __init__(self, code, reason):
+    def __init__(self, code, reason, guid=None):
         Exception.__init__(self, reason)
         self.code = code
         self.reason = reason
+        self.guid = guid
 
 
 # -- The application --------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None
             guid = push['guid']
             store_and_process(push, config, environ, handler_timeout)
         except Reject as exc:
-            log(environ, '%d %s%s' % (exc.code, exc.reason, guid_note(guid)))
+            log(environ, '%d %s%s' % (exc.code, exc.reason, guid_note(exc.guid or guid)))
             return status_response(start_response, exc.code)
         except Exception:
             # A bug or an unforeseen failure: the traceback to the error log, never to the
@@ -138,7 +139,7 @@ def log(environ, text):
 
 
 def guid_note(guid):
-    return '' if guid is None else ' (guid %r)' % guid[:MAX_GUID]
+    return '' if guid is None else ' (guid %r)' % guid
 
 
 def settings(environ, given):
@@ -172,8 +173,13 @@ def read_push(environ, config):
         body = read_body(environ)
         raw += body.split(b'&') if body else []
     charset, params, kept = decode_params(raw)
-    check_token(environ, params, config['token'])
-    push = parse_push(params)
+    guid = params.get('guid', '').strip()[:MAX_GUID] or None
+    try:
+        check_token(environ, params, config['token'])
+        push = parse_push(params)
+    except Reject as exc:
+        exc.guid = guid  # for the log line
+        raise
     push.update(charset=charset, remote_addr=remote or None,
                 raw_query=b'&'.join(kept).decode('latin-1'))
     return push
@@ -283,10 +289,9 @@ def parse_push(params):
     if len(guid) > MAX_GUID:
         raise Reject(400, 'guid of %d characters is over %d' % (len(guid), MAX_GUID))
     if not phone:
-        raise Reject(400, 'phone missing or empty' + guid_note(guid))
+        raise Reject(400, 'phone missing or empty')
     if len(phone) > MAX_PHONE:
-        raise Reject(400, 'phone of %d characters is over %d%s'
-                     % (len(phone), MAX_PHONE, guid_note(guid)))
+        raise Reject(400, 'phone of %d characters is over %d' % (len(phone), MAX_PHONE))
     extra = '{}'
     if params:  # parameters the gateway may add: kept, never dropped
         import json

@@ -39,7 +39,8 @@ def test_token_as_parameter_is_accepted(guarded, db):
 def test_wrong_or_missing_token_is_403_and_stores_nothing(guarded, db, url):
     """Without the secret the push is refused (403, <Status>1</Status>), nothing stored."""
     res = guarded.get(url, status=403, expect_errors=True)
-    assert res.body == RETRY and 'wrong or missing token' in res.errors
+    assert res.body == RETRY and res.errors.count('\n') == 1
+    assert "403 wrong or missing token (guid 'g')" in res.errors
     assert rows(db) == []
 
 
