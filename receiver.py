@@ -97,6 +97,7 @@ def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None
     then os.environ, then defaults. `handler` may be a callable or 'module:function'."""
     given = {'db': db, 'token': token, 'allow': allow, 'handler': handler,
              'trusted_proxies': trusted_proxies, 'journal': journal}
+    connections = storage.Connections()
 
     def app(environ, start_response):
         guid = None
@@ -104,7 +105,7 @@ def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None
             config = settings(environ, given)
             push = read_push(environ, config)
             guid = push['guid']
-            store_and_process(push, config, environ, handler_timeout)
+            store_and_process(push, config, environ, connections, handler_timeout)
         except Reject as exc:
             log(environ, '%d %s%s' % (exc.code, exc.reason, guid_note(exc.guid or guid)))
             return status_response(start_response, exc.code)
@@ -383,20 +384,16 @@ def parse_networks(text):
 
 # -- Storing and processing -------------------------------------------------------------------
 
-def store_and_process(push, config, environ, handler_timeout):
+def store_and_process(push, config, environ, connections, handler_timeout):
     """Store the push durably and run the hook; return normally only when the answer is 2."""
     handler = config['handler']
-
-    def connect():
-        return storage.connect(config['db'], config['journal'])
-
+    # A server whose threads live on keeps each thread's connection open; a CGI process
+    # (wsgi.run_once, PEP 3333) serves one request, so it opens and closes one.
+    keep = not environ.get('wsgi.run_once')
     try:
-        conn = connect()
-        try:
+        with connections.use(config['db'], config['journal'], keep) as conn:
             action, first = storage.deliver(
                 conn, push, storage.CLAIM_SECONDS if handler else None)
-        finally:
-            conn.close()
     except (storage.StorageError, storage.sqlite3.Error, OSError) as exc:
         raise Reject(503, 'storage failed: %s: %s' % (type(exc).__name__, exc))
     if first and (first['phone'] != push['phone'] or first['message'] != push['message']):
@@ -405,7 +402,8 @@ def store_and_process(push, config, environ, handler_timeout):
     if action == 'busy':
         raise Reject(503, 'hook already running for this guid')
     if action == 'run':
-        run_handler(handler, push['guid'], connect, handler_timeout)
+        run_handler(handler, push['guid'], lambda: storage.connect(config['db'], config['journal']),
+                    handler_timeout)
 
 
 def run_handler(handler, guid, connect, timeout):

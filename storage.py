@@ -216,6 +216,68 @@ def migrate(conn):
         conn.execute('PRAGMA user_version = %d' % SCHEMA_VERSION)
 
 
+class Connections:
+    """Hands out connections: a new one per use, or, with ``keep=True`` (a long-running
+    server), the calling thread's own, kept open between requests.
+
+    Opening costs more than a push: in WAL mode the last connection to close also checkpoints
+    and deletes the -wal file. A kept connection is never seen by another thread
+    (threading.local) nor used in a forked child (the process id is part of its key: SQLite
+    must not carry a connection across fork(), https://sqlite.org/howtocorrupt.html), and is
+    replaced when the file at its path is no longer the one it opened (deleted or moved away)
+    or after an error.
+    """
+
+    def __init__(self):
+        self.local = None  # made on first keep=True use: CGI never pays for threading
+
+    def use(self, path, journal=None, keep=False):
+        """``with connections.use(path, journal, keep) as conn:``"""
+        return _Use(self.this_thread() if keep else None, path, journal)
+
+    def this_thread(self):
+        """The calling thread's kept connections."""
+        if self.local is None:
+            import threading
+            self.local = threading.local()
+        if not hasattr(self.local, 'open'):
+            self.local.open = {}  # (pid, path, journal) -> (connection, file identity)
+        return self.local.open
+
+
+class _Use:
+    def __init__(self, kept, path, journal):
+        self.kept, self.path, self.journal = kept, os.path.abspath(path), journal
+        self.key = (os.getpid(), self.path, journal)
+
+    def __enter__(self):
+        conn, identity = (None, None) if self.kept is None else self.kept.pop(self.key, (None, None))
+        if conn is not None and identity != file_identity(self.path):
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = connect(self.path, self.journal)
+            identity = file_identity(self.path)
+        self.conn, self.identity = conn, identity
+        return conn
+
+    def __exit__(self, kind, value, tb):
+        if self.kept is None or kind is not None:
+            self.conn.close()  # after an error, the next use opens afresh
+        else:
+            self.kept[self.key] = (self.conn, self.identity)
+        return False
+
+
+def file_identity(path):
+    """(device, inode) of the file at `path`, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class transaction:
     """``with transaction(conn):`` runs the block in BEGIN IMMEDIATE ... COMMIT.
 

@@ -70,11 +70,11 @@ def test_import_opens_no_database(tmp_path):
     assert not db.exists() and not db.parent.exists()
 
 
-def test_plain_push_imports_only_what_it_needs(tmp_path):
-    """A push without token, allowlist or hook loads none of the modules only they need."""
+def test_plain_cgi_push_imports_only_what_it_needs(tmp_path):
+    """A CGI push without token, allowlist or hook loads none of the modules only they need."""
     code = '\n'.join([
         'import sys, wsgiref.util, receiver',
-        'environ = {"QUERY_STRING": "guid=g&phone=1"}',
+        'environ = {"QUERY_STRING": "guid=g&phone=1", "wsgi.run_once": True}',
         'wsgiref.util.setup_testing_defaults(environ)',
         'body = receiver.application(environ, lambda status, headers: None)',
         'assert b"".join(body) == %r' % DONE,

@@ -1,0 +1,108 @@
+"""Connections kept open by long-running servers: reused only where that is safe."""
+import os
+import threading
+
+import storage
+from conftest import DONE, rows
+
+PUSH = {'phone': '1', 'message': 'hi', 'charset': 'utf-8', 'raw_query': ''}
+
+
+def push(conn, guid):
+    return storage.deliver(conn, dict(PUSH, guid=guid))
+
+
+def test_kept_connection_is_reused_by_the_same_thread(db):
+    """With keep=True a thread gets its own connection back on its next use."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as first:
+        push(first, 'a')
+    with connections.use(db, keep=True) as second:
+        push(second, 'b')
+    assert second is first
+    assert [r['guid'] for r in rows(db)] == ['a', 'b']
+
+
+def test_connection_is_closed_after_use_without_keep(db):
+    """Without keep (a CGI request), every use opens and closes its own connection."""
+    connections = storage.Connections()
+    with connections.use(db) as first:
+        push(first, 'a')
+    with connections.use(db) as second:
+        assert second is not first
+    assert connections.local is None  # nothing kept, threading never needed
+
+
+def test_kept_connection_is_never_handed_to_another_thread(db):
+    """Each thread has its own: a connection is never shared across threads."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as mine:
+        push(mine, 'a')
+    seen = []
+
+    def other():
+        with connections.use(db, keep=True) as theirs:
+            push(theirs, 'b')
+            seen.append(theirs)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen and seen[0] is not mine
+    assert len(rows(db)) == 2
+
+
+def test_kept_connection_is_replaced_when_the_file_is_deleted(db):
+    """A database deleted under a running server is recreated, not written into the void."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as first:
+        push(first, 'a')
+    os.remove(db)
+    with connections.use(db, keep=True) as second:
+        push(second, 'b')
+    assert second is not first
+    assert [r['guid'] for r in rows(db)] == ['b']
+
+
+def test_kept_connection_is_dropped_after_an_error(db):
+    """A use that raised closes its connection; the next use opens a new one."""
+    connections = storage.Connections()
+    try:
+        with connections.use(db, keep=True) as first:
+            raise RuntimeError('anything')
+    except RuntimeError:
+        pass
+    with connections.use(db, keep=True) as second:
+        assert second is not first
+        push(second, 'a')
+
+
+def test_forked_child_opens_its_own_connection(db):
+    """A child forked after a push never uses its parent's connection (howtocorrupt 2.6)."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as parents:
+        push(parents, 'a')
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it got the parent's object, then leave at once
+        try:
+            with connections.use(db, keep=True) as childs:
+                push(childs, 'b')
+                os.write(write, b'same' if childs is parents else b'own')
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 10)
+    os.waitpid(pid, 0)
+    assert answer == b'own'
+    assert [r['guid'] for r in rows(db)] == ['a', 'b']
+
+
+def test_app_keeps_a_connection_only_outside_cgi(make_client, db):
+    """Under a long-running server the app keeps its thread's connection; a push still
+    lands in the file at the configured path when that file was deleted meanwhile."""
+    client = make_client()
+    assert client.get('/?guid=a&phone=1').body == DONE
+    os.remove(db)
+    assert client.get('/?guid=b&phone=1').body == DONE
+    assert [r['guid'] for r in rows(db)] == ['b']
