@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DONE, RETRY, rows
-from test_reliability_common import Server, figures, run_cgi, http_request  # noqa: F401
+from test_reliability_common import Server, figures, http_request, run_cgi  # noqa: F401
 
 SECRET = 'Kh0a-bí-mật_Đà-Nẵng-9f3a'       # non-ASCII: the gateway's URL carries it as UTF-8
 SECRET_UTF8 = SECRET.encode('utf-8')

@@ -26,10 +26,10 @@ import time
 
 import pytest
 
+from conftest import DONE, RETRY
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECEIVER = os.path.join(ROOT, 'receiver.py')
-DONE = b'<Status>2</Status>'
-RETRY = b'<Status>1</Status>'
 START_TIMEOUT = 15.0        # seconds for a server to say it is listening
 REQUEST_TIMEOUT = 30.0      # seconds for one answer: well over the 5 s busy timeout
 FIGURES = ('requests', 'answered_2', 'duplicates', 'kills', 'faults', 'hostile_inputs',

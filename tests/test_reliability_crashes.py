@@ -1,20 +1,26 @@
-"""Crashes: kill -9 of the threaded server and of CGI processes in the middle of a load.
+"""Crashes: kill -9 of the threaded server, of CGI processes and of Apache's mod_wsgi daemon
+processes in the middle of a load.
 
 The client side records every guid answered <Status>2</Status>. After each kill: every one of
 them is in the database, once; PRAGMA integrity_check says ok; and the gateway's next retry of
 every guid that got no answer is answered 2 (whether or not its first delivery had committed).
 """
+import os
 import random
+import signal
 import threading
 import time
 
-from test_reliability_common import (
-    DONE, Server, deliveries, figures, integrity, push, run_cgi, start_cgi, cgi_answer)  # noqa: F401
+from conftest import DONE, RETRY
+from test_reliability_common import (  # noqa: F401  (figures: a fixture)
+    Server, cgi_answer, deliveries, figures, integrity, push, run_cgi, start_cgi)
+from test_reliability_storms import apache_mod_wsgi  # noqa: F401  (a fixture)
 
 SERVER_KILLS = 8            # rounds of load, each ended by kill -9 of the server
 CLIENTS = 4                 # concurrent clients during a round
 CGI_PROCESSES = 56          # CGI processes started, most after the first 8 killed
 CGI_AT_ONCE = 8
+WSGI_KILLS = 4              # rounds of load, each ended by kill -9 of the mod_wsgi daemons
 
 
 def query(guid):
@@ -50,9 +56,9 @@ class Ledger(object):
         return len(self.answered - set(stored))
 
 
-def load(server, ledger, prefix, stop):
-    """CLIENTS threads pushing new guids (and now and then one already answered) until the
-    server stops answering or `stop` is set."""
+def load(send, ledger, prefix, stop):
+    """CLIENTS threads pushing new guids (and now and then one already answered) with
+    send(guid) -> (status, body) until `stop` is set."""
     def client(k):
         rng = random.Random(prefix + str(k))
         for n in range(100000):
@@ -62,10 +68,10 @@ def load(server, ledger, prefix, stop):
             if ledger.answered and rng.random() < 0.2:   # a gateway retry of a done guid
                 with ledger.lock:
                     guid = rng.choice(sorted(ledger.answered))
-            status, body = push(server.port, query(guid))
+            status, body = send(guid)
             ledger.record(guid, status, body)
             if status is None:
-                return
+                stop.wait(0.05)         # the server is down: as the gateway, wait a little
     threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
     for thread in threads:
         thread.start()
@@ -85,7 +91,7 @@ def test_kill_9_of_the_server_under_load_loses_no_answered_push(tmp_path, figure
             if round_ == SERVER_KILLS:
                 break
             stop = threading.Event()
-            threads = load(server, ledger, 'r%d' % round_, stop)
+            threads = load(lambda g: push(server.port, query(g)), ledger, 'r%d' % round_, stop)
             time.sleep(rng.uniform(0.2, 0.5))
             server.kill()
             stop.set()
@@ -143,3 +149,92 @@ def test_kill_9_of_cgi_processes_loses_no_answered_push(tmp_path, figures):
     figures['requests'] += ledger.requests
     figures['duplicates'] += ledger.duplicates
     figures['answered_2'] += ledger.answers_of_2
+
+
+def wsgi_daemons(ws):
+    """The process ids of the mod_wsgi daemon processes of the Apache in workspace `ws`."""
+    pids = []
+    for name in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/cmdline' % name, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except (OSError, ValueError):
+            continue
+        if argv[0].startswith(b'(wsgi:') and ws.base.encode() in b' '.join(argv):
+            pids.append(int(name))
+    return pids
+
+
+def retry_until_done(send, ledger, guid, seconds=30.0):
+    """The gateway retrying `guid` until it is answered 2 (while Apache restarts daemons)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status, body = send(guid)
+        ledger.record(guid, status, body)
+        if (status, body) == (200, DONE) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.1)
+
+
+def test_kill_9_of_mod_wsgi_daemons_under_load_loses_no_answered_push(apache_mod_wsgi,
+                                                                     figures):
+    """kill -9 of both mod_wsgi daemon processes mid-load, 4 times: every 2 survives."""
+    send, ws = apache_mod_wsgi
+    ledger, rng, kills = Ledger(), random.Random(3), 0
+    for round_ in range(WSGI_KILLS + 1):
+        for guid in sorted(ledger.unanswered) or ['probe-%d' % round_]:
+            assert retry_until_done(send, ledger, guid) == (200, DONE), guid
+        if round_ == WSGI_KILLS:
+            break
+        stop = threading.Event()
+        threads = load(send, ledger, 'w%d' % round_, stop)
+        time.sleep(rng.uniform(0.2, 0.5))
+        daemons = wsgi_daemons(ws)
+        assert len(daemons) == 2, daemons
+        for pid in daemons:
+            os.kill(pid, signal.SIGKILL)
+        kills += len(daemons)
+        time.sleep(0.3)                 # pushes go on while Apache starts new daemons
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert ledger.check(ws.db) == 0
+    lost = ledger.check(ws.db)
+    figures['kills'] += kills
+    figures['requests'] += ledger.requests
+    figures['duplicates'] += ledger.duplicates
+    figures['answered_2'] += ledger.answers_of_2
+    figures['lost'] += lost
+    assert lost == 0 and not ledger.unanswered
+    assert ledger.answers_of_2 > WSGI_KILLS * 20, 'the load was too light to prove much'
+
+
+def test_mod_wsgi_daemon_killed_mid_request_still_answers_a_status_document(apache_mod_wsgi,
+                                                                            figures):
+    """While its daemons die and restart, the mod_wsgi site answers nothing but <Status>."""
+    send, ws = apache_mod_wsgi
+    ledger, answers = Ledger(), []
+
+    def send_and_keep(guid):
+        status, body = send(guid)
+        answers.append((status, body))
+        return status, body
+    assert retry_until_done(send, ledger, 'probe') == (200, DONE)
+    stop = threading.Event()
+    threads = load(send_and_keep, ledger, 'k', stop)
+    for _ in range(3):
+        time.sleep(0.3)
+        for pid in wsgi_daemons(ws):
+            os.kill(pid, signal.SIGKILL)
+            figures['kills'] += 1
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    figures['requests'] += ledger.requests
+    figures['answered_2'] += ledger.answers_of_2
+    others = sorted({(s, b[:60]) for s, b in answers if s is not None and b not in (DONE, RETRY)})
+    assert not others, 'answers that are not Status documents: %r' % others
+    assert ledger.check(ws.db) == 0

@@ -1,28 +1,27 @@
 """Duplicate storms: many clients at once pushing the same guids, through receiver.py's threaded
-server, parallel CGI processes, Apache mod_wsgi in daemon mode (2 processes of 5 threads) and
-Apache mod_cgid, each on one database file.
+server (also with wsgiref.validate between server and app), parallel CGI processes, Apache
+mod_wsgi in daemon mode (2 processes of 5 threads) and Apache mod_cgid, each on one database.
 
 What must hold after every storm: one row per guid, its `deliveries` equal to the pushes that
 were counted (each answered 2, or with a hook also each "hook already running" 503), every
 answer a Status document, never a 500, and with a hook, the hook run once per guid.
 """
+import http.client
 import os
 import random
 import re
 import ssl
 import threading
-import http.client
 from urllib.parse import urlencode
-
 from wsgiref.validate import validator
 
 import pytest
 
 import receiver
 import servers
-from test_reliability_common import (
-    DONE, REQUEST_TIMEOUT, Server, answer_is_status_document, deliveries, figures,  # noqa: F401
-    integrity, push, run_cgi)
+from test_reliability_common import (  # noqa: F401  (figures: a fixture)
+    REQUEST_TIMEOUT, Server, answer_is_status_document, deliveries, figures, integrity, push,
+    run_cgi)
 
 CLIENTS = 8                 # concurrent clients in a storm
 HOOK = '''\
