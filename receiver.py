@@ -176,7 +176,7 @@ def read_push(environ, config):
     charset, params, kept = decode_params(raw)
     guid = params.get('guid', '').strip()[:MAX_GUID] or None
     try:
-        check_token(environ, params, config['token'])
+        check_token(environ, params, config['token'], charset)
         push = parse_push(params)
     except Reject as exc:
         exc.guid = guid  # for the log line
@@ -321,7 +321,7 @@ def normalise_phone(phone):
 
 # -- Who may call -----------------------------------------------------------------------------
 
-def check_token(environ, params, token):
+def check_token(environ, params, token, charset='utf-8'):
     """Reject(403) unless the secret is the URL's last path segment or the token parameter."""
     if not token:
         return
@@ -331,6 +331,12 @@ def check_token(environ, params, token):
     offered = [path.rstrip(b'/').rpartition(b'/')[2]]
     if 'token' in params:
         offered.append(params['token'].encode('utf-8'))
+        # A message that is not UTF-8 makes the whole push read as `charset`, the token too:
+        # encoded back, it is the very bytes the gateway sent, which a UTF-8 secret must match.
+        try:
+            offered.append(params['token'].encode(charset))
+        except UnicodeEncodeError:  # a %uXXXX escape outside that charset: not the secret
+            pass
     # compare_digest takes time independent of where the bytes differ.
     if not any(hmac.compare_digest(secret, candidate) for candidate in offered):
         raise Reject(403, 'wrong or missing token')
@@ -452,7 +458,8 @@ def make_server(host, port, app):
     class Handler(WSGIRequestHandler):
         def log_request(self, code='-', size='-'):
             # The query string carries personal data, the last path segment maybe the secret.
-            path = self.path.split('?')[0]
+            # There is no path when http.server refused the request line itself.
+            path = getattr(self, 'path', '').split('?')[0]
             if path.strip('/'):
                 path = path.rstrip('/').rpartition('/')[0] + '/***'
             self.log_message('"%s %s" %s %s', self.command, path, code, size)
@@ -460,6 +467,19 @@ def make_server(host, port, app):
         def log_message(self, format, *args):
             WSGIRequestHandler.log_message(self, format, *args)
             sys.stderr.flush()  # before 3.9, Python block-buffers a stderr that is no tty
+
+        def send_error(self, code, message=None, explain=None):
+            # What http.server refuses before the app runs (an unreadable or over-long request
+            # line, too many or too long headers) gets <Status>1</Status> too, not its HTML
+            # page, which would also echo the request line back.
+            self.close_connection = True
+            self.send_response(code)
+            self.send_header('Content-Type', CONTENT_TYPE)
+            self.send_header('Content-Length', str(len(RETRY)))
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            if self.command != 'HEAD':
+                self.wfile.write(RETRY)
 
         def log_error(self, format, *args):
             # http.server's messages quote the raw request line; keep only their first word.
