@@ -9,7 +9,7 @@ fixture, printed at the end of the run under "reliability figures" and kept in p
     answered_2      answers of 2 whose guid was then looked for in the database
     duplicates      pushes of a guid that had been pushed before
     kills           kill -9 of a server or CGI process that was still running
-    faults          pushes made while a fault was in place (each answered 1)
+    faults          faults injected (each then met by a push answered 1)
     hostile_inputs  generated or hand-made hostile requests
     lost            guids answered 2 but then missing from the database
 """

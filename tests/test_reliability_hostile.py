@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import tracemalloc
 from urllib.parse import quote
 from wsgiref.util import setup_testing_defaults
@@ -234,6 +235,29 @@ def test_huge_query_string_is_414_in_bounded_memory(client, db, figures, size):
         tracemalloc.stop()
     check_answer(res, (0, 0), totals(db), {414})
     assert peak < 3 * size + (1 << 20), peak
+
+
+WORST_QUERIES = [
+    ('escapes only', b'%' * receiver.MAX_INPUT),
+    ('lone surrogates', b'message=' + b'%uD800' * 2700 + b'&guid=w1&phone=1'),
+    ('surrogate pairs', b'message=' + b'%uD83D%uDE00' * 1360 + b'&guid=w2&phone=1'),
+    ('empty pieces', b'&' * receiver.MAX_INPUT),
+    ('thousands of parameters', b'&'.join(b'p%d=' % n for n in range(2400)) + b'&guid=w3'),
+    ('pluses', b'message=' + b'+' * 16000 + b'&guid=w4&phone=1'),
+    ('bytes in no charset', b'message=' + b'%81%8D' * 2700 + b'&guid=w5&phone=1'),
+]
+
+
+@pytest.mark.parametrize('query', [w[1] for w in WORST_QUERIES],
+                         ids=[w[0] for w in WORST_QUERIES])
+def test_worst_case_query_of_16_kib_is_answered_within_a_second(client, db, figures, query):
+    """The most work a query string under the limit can ask for takes well under a second."""
+    assert len(query) <= receiver.MAX_INPUT
+    before = totals(db)
+    start = time.monotonic()
+    res = send(client, environ_for(query=query), figures)
+    assert time.monotonic() - start < 1.0
+    check_answer(res, before, totals(db), {200, 400})
 
 
 class EndlessBody(object):

@@ -170,6 +170,29 @@ def test_parallel_cgi_processes_store_each_guid_once(tmp_path, figures):
     check_storm(db, answers, guids, figures)
 
 
+def test_parallel_cgi_processes_run_the_hook_once_per_guid(tmp_path, figures):
+    """6 CGI processes at a time with a slow hook: it runs once per guid across processes."""
+    db = str(tmp_path / 'data' / 'messages.sqlite3')
+    hook_log = tmp_path / 'hook.log'
+    (tmp_path / 'reliability_hook.py').write_text(HOOK)
+    guids = ['cgihook-%02d' % n for n in range(10)]
+    env = {'FIBOSMS_HANDLER': 'reliability_hook:record', 'PYTHONPATH': str(tmp_path),
+           'FIBOSMS_TEST_HOOK_LOG': str(hook_log)}
+    busy = []
+
+    def send(guid):
+        code, body, err = run_cgi(db, query(guid), extra=env)
+        assert 'Traceback' not in err, err
+        if 'hook already running' in err:
+            busy.append(guid)
+        return code, body
+
+    answers = settle(send, storm(send, guids, clients=6), guids)
+    check_storm(db, answers, guids, figures, lambda guid: busy.count(guid) + sum(
+        1 for g, s, _ in answers if g == guid and s == 200))
+    assert sorted(hook_log.read_text().split()) == sorted(guids)
+
+
 # -- Apache --------------------------------------------------------------------------------
 
 def apache_send(port, path, cafile=None):
