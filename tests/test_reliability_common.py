@@ -157,9 +157,11 @@ def cgi_environ(db, query, method='GET', body=b'', extra=None):
     return env
 
 
-def start_cgi(db, query, **kwargs):
-    """receiver.py as one CGI process, started (stdin: the body, if any)."""
-    return subprocess.Popen([sys.executable, RECEIVER], env=cgi_environ(db, query, **kwargs),
+def start_cgi(db, query, argv=None, preexec_fn=None, **kwargs):
+    """receiver.py as one CGI process, started (stdin: the body, if any); `argv` replaces
+    [sys.executable, RECEIVER], `preexec_fn` runs in the child (to change user, say)."""
+    return subprocess.Popen(argv or [sys.executable, RECEIVER],
+                            env=cgi_environ(db, query, **kwargs), preexec_fn=preexec_fn,
                             stdin=subprocess.PIPE if kwargs.get('body') else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd='/')
 

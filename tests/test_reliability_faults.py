@@ -16,10 +16,13 @@ next opening instead.
 import contextlib
 import gc
 import os
+import pwd
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -27,11 +30,12 @@ import pytest
 
 import storage
 from conftest import DONE, RETRY, rows
-from test_reliability_common import figures, integrity  # noqa: F401
+from test_reliability_common import ROOT, figures, integrity, run_cgi  # noqa: F401
 
 MARGIN = 2.0                                    # seconds allowed over a bound
 STORAGE_BOUND = storage.BUSY_TIMEOUT + MARGIN
 HOOK_BOUND = 1.0                                # handler_timeout given to the app under test
+SYSTEM_PYTHON = '/usr/bin/python3'              # what a web server's user may run
 LOCK_HOLDER = '''\
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -189,6 +193,45 @@ def test_full_disk_is_503_naming_it_then_2_when_space_is_freed(tmp_path, client_
         assert [r['guid'] for r in rows(db)] == ['disk-1', 'disk-2']
         assert integrity(db) == 'ok'
         del client
+
+
+def as_nobody():
+    """In the child: become `nobody`, as a web server's user that does not own the data."""
+    user = pwd.getpwnam('nobody')
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+
+
+def test_folder_the_receiver_may_not_write_is_503_naming_it_then_2(figures):
+    """Run as a user who may not write the folder: 503 naming it; given the folder, then 2."""
+    base = tempfile.mkdtemp(prefix='fibosms-nobody-')  # not tmp_path: nobody cannot enter it
+    try:
+        os.chmod(base, 0o755)
+        for name in ('receiver.py', 'storage.py'):   # a copy nobody can read
+            shutil.copy(os.path.join(ROOT, name), base)
+        db = os.path.join(base, 'data', 'messages.sqlite3')
+        code, _, err = run_cgi(db, query('own-1'))   # made by root: 0600 in a 0700 folder
+        assert code == 200, err
+        os.chmod(os.path.dirname(db), 0o755)
+        argv = [SYSTEM_PYTHON, os.path.join(base, 'receiver.py')]  # nobody may not run pyenv's
+        figures['faults'] += 1
+        start = time.monotonic()
+        code, body, err = run_cgi(db, query('own-2'), argv=argv, preexec_fn=as_nobody)
+        figures['requests'] += 1
+        assert (code, body) == (503, RETRY) and time.monotonic() - start < STORAGE_BOUND
+        [line] = err.splitlines()
+        assert re.search(r'not writable|permission', line.rpartition(' (guid ')[0], re.I), line
+        nobody = pwd.getpwnam('nobody')
+        for path in (os.path.dirname(db), db):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        code, body, err = run_cgi(db, query('own-2'), argv=argv, preexec_fn=as_nobody)
+        figures['requests'] += 1
+        figures['answered_2'] += 1
+        assert (code, body) == (200, DONE), err
+        assert [r['guid'] for r in rows(db)] == ['own-1', 'own-2']
+    finally:
+        shutil.rmtree(base)
 
 
 # -- The database file -------------------------------------------------------------------------
