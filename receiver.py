@@ -401,7 +401,8 @@ def store_and_process(push, config, environ, connections, handler_timeout):
             action, first = storage.deliver(
                 conn, push, storage.CLAIM_SECONDS if handler else None)
     except (storage.StorageError, storage.sqlite3.Error, OSError) as exc:
-        raise Reject(503, 'storage failed: %s: %s' % (type(exc).__name__, exc))
+        raise Reject(503, 'storage failed: %s: %s%s' % (type(exc).__name__, exc,
+                                                         storage.diagnose(config['db'])))
     if first and (first['phone'] != push['phone'] or first['message'] != push['message']):
         log(environ, 'warning: guid %r delivered again with a different phone or message;'
                      ' the first one is kept' % push['guid'])

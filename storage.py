@@ -140,6 +140,27 @@ def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True):
     return conn
 
 
+def diagnose(path):
+    """What the filesystem says is wrong for `path`, as '; ...' to add to an error, or ''.
+
+    SQLite names neither a read-only filesystem ('unable to open database file') nor a full
+    one ('disk I/O error' when its -shm file cannot grow), so the operator is told here.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return ''
+    if fs.f_flag & os.ST_RDONLY:
+        return '; the filesystem holding %s is read-only' % directory
+    if fs.f_bavail * fs.f_frsize < 1 << 16:     # less than a few pages of SQLite's
+        return '; no space left on the filesystem holding %s' % directory
+    for name in (directory, path):
+        if os.path.exists(name) and not os.access(name, os.W_OK):
+            return '; %s is not writable by this user' % name
+    return ''
+
+
 def create_file(path):
     """Create the database's directory (0700) and an empty file (0600), durably."""
     directory = os.path.dirname(path)
