@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What one FiboSMS push costs: receiver.py against its floor and against a Flask receiver.
 
-    python3 bench/run.py [--quick] [--python /usr/bin/python3] [--skip-apache]
+    python3 bench/run.py [--quick] [--parts cgi,inprocess,apache] [--python /usr/bin/python3]
 
 Standard library only, plus Debian tools it finds: wrk (the load generator), apache2 with
 libapache2-mod-wsgi-py3 (for part 3), GNU time (for the peak RSS of a CGI process). Flask for
@@ -112,7 +112,8 @@ def machine(python, workdir):
     except OSError:
         pass
     versions = subprocess.run(
-        [python, '-c', 'import sys, sqlite3; print(sys.version.split()[0], sqlite3.sqlite_version)'],
+        [python, '-c', 'import sys, sqlite3; print(sys.version.split()[0], '
+                       'sqlite3.sqlite_version)'],
         capture_output=True, text=True).stdout.split()
     info = {'nproc': os.cpu_count(), 'cpu': cpu, 'kernel': platform.release(),
             'filesystem': '%s on %s' % (fs_type, device), 'python': python,
@@ -218,7 +219,8 @@ def bench_cgi(python, workdir, rounds):
         for module, (self_us, cumulative_us, depth) in run.items():
             if module not in bare:
                 extra.setdefault(module, []).append((self_us, cumulative_us, depth))
-    modules = {m: {'self_us': median([s for s, _, _ in v]), 'cumulative_us': median([c for _, c, _ in v]),
+    modules = {m: {'self_us': median([s for s, _, _ in v]),
+                   'cumulative_us': median([c for _, c, _ in v]),
                    'top_level': v[0][2] == 0} for m, v in extra.items()}
     result['imports_total_us'] = sum(m['self_us'] for m in modules.values())
     result['imports_top_level'] = sorted(
@@ -228,7 +230,7 @@ def bench_cgi(python, workdir, rounds):
 
     # Peak RSS of one process: GNU time forks from a small process, so its child's maxrss is
     # the child's own (a child forked from this big Python would inherit its high-water mark).
-    gnu_time = shutil.which('time') or ('/usr/bin/time' if os.path.exists('/usr/bin/time') else None)
+    gnu_time = shutil.which('time')     # Debian package "time"; the shell's keyword won't do
     if gnu_time:
         rss = {'pass': [], 'receiver.py': []}
         for i in range(5):
@@ -599,7 +601,8 @@ def bench_apache(python, workdir, rounds, seconds, levels, memory_pushes, daemon
                 'rss_after_kib': max(v[0] for v in after.values()),
                 'peak_rss_kib': max(v[1] for v in after.values()),
                 'growth_kib': max(after[p][0] - before[p][0] for p in after if p in before),
-                'per_process': {str(p): {'before': before.get(p), 'after': after[p]} for p in after}}
+                'per_process': {str(p): {'before': before.get(p), 'after': after[p]}
+                                for p in after}}
         for server in servers:
             result.setdefault('rows', {})[server.name] = server.count_rows(python)
             result.setdefault('error_log', {})[server.name] = server.error_lines()[-20:]
@@ -683,7 +686,8 @@ def table(results):
     apache = results.get('apache')
     if apache and 'summary' in apache:
         found = re.search(r'processes=(\d+) threads=(\d+)', apache['daemon'])
-        lines += ['', '3. Apache mod_wsgi daemon mode (%s processes x %s threads), wrk on 127.0.0.1,'
+        lines += ['', '3. Apache mod_wsgi daemon mode (%s processes x %s threads), wrk on '
+                  '127.0.0.1,'
                   ' %ds runs, median of %d rounds' % ((found.groups() if found else ('?', '?'))
                                                        + (apache['seconds'], apache['rounds'])),
                   '   %-11s %21s %21s %21s %7s %7s' % (
@@ -698,7 +702,8 @@ def table(results):
                 else '  errors %d/%d' % (row['receiver']['errors'], row['flask']['errors'])))
             ok = ok and row['rps_ratio'] >= TARGETS['apache_rps_ratio_min'] and row['p99_ratio'] < 1
         lines.append('   (latency in ms; x = receiver / flask) target >= %.1fx throughput and a '
-                     'lower p99 at every level: %s' % (TARGETS['apache_rps_ratio_min'], verdict(ok)))
+                     'lower p99 at every level: %s'
+                     % (TARGETS['apache_rps_ratio_min'], verdict(ok)))
     elif apache:
         lines += ['', '3. Apache mod_wsgi: skipped: %s' % apache.get('skipped')]
     lines += ['', '4. Memory']
@@ -710,7 +715,8 @@ def table(results):
             lines.append('   %-8s daemon process: RSS %.1f MiB warm, %.1f MiB after %d more pushes'
                          ' each (growth %+d KiB), peak %.1f MiB'
                          % (name, mem['rss_before_kib'] / 1024, mem['rss_after_kib'] / 1024,
-                            mem['pushes_per_process'], mem['growth_kib'], mem['peak_rss_kib'] / 1024))
+                            mem['pushes_per_process'], mem['growth_kib'],
+                            mem['peak_rss_kib'] / 1024))
     return '\n'.join(lines)
 
 
@@ -721,7 +727,8 @@ def main(argv=None):
     parser.add_argument('--python', default=default_python(),
                         help='the interpreter measured (default: %(default)s)')
     parser.add_argument('--quick', action='store_true', help='fewer rounds, shorter runs')
-    parser.add_argument('--skip-apache', action='store_true')
+    parser.add_argument('--parts', default='cgi,inprocess,apache',
+                        help='which parts to run, comma-separated (%(default)s)')
     parser.add_argument('--levels', default='1,4,16', help='wrk connections (%(default)s)')
     parser.add_argument('--wsgi-daemon', metavar='OPTIONS',
                         help="e.g. 'processes=1 threads=10' instead of the shipped config's")
@@ -734,7 +741,7 @@ def main(argv=None):
     CODE = os.path.abspath(args.code)
     if args.worker_inprocess:
         return inprocess_worker(json.loads(args.worker_inprocess))
-    quick = args.quick
+    quick, parts = args.quick, args.parts.split(',')
     workdir = tempfile.mkdtemp(prefix='fibosms-bench-', dir=args.tmpdir)
     os.chmod(workdir, 0o755)     # the Apache daemons' user must reach the files inside
     started = time.time()
@@ -749,14 +756,14 @@ def main(argv=None):
                                text=True).stdout.strip()
         results['commit'] = commit + (' (receiver.py/storage.py modified)' if dirty else '')
         results['code'] = CODE
-        say('1. CGI cold start ...')
-        results['cgi'] = bench_cgi(args.python, workdir, 12 if quick else 40)
-        say('2. In-process ...')
-        results['inprocess'] = bench_inprocess(args.python, workdir, 3 if quick else 7,
-                                               200 if quick else 500)
-        if args.skip_apache:
-            results['apache'] = {'skipped': '--skip-apache'}
-        else:
+        if 'cgi' in parts:
+            say('1. CGI cold start ...')
+            results['cgi'] = bench_cgi(args.python, workdir, 12 if quick else 40)
+        if 'inprocess' in parts:
+            say('2. In-process ...')
+            results['inprocess'] = bench_inprocess(args.python, workdir, 3 if quick else 7,
+                                                   200 if quick else 500)
+        if 'apache' in parts:
             say('3. Apache mod_wsgi ...')
             try:
                 results['apache'] = bench_apache(
