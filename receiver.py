@@ -409,8 +409,9 @@ def store_and_process(push, config, environ, connections, handler_timeout):
     if action == 'busy':
         raise Reject(503, 'hook already running for this guid')
     if action == 'run':
-        run_handler(handler, push['guid'], lambda: storage.connect(config['db'], config['journal']),
-                    handler_timeout)
+        def connect():
+            return storage.connect(config['db'], config['journal'])
+        run_handler(handler, push['guid'], connect, handler_timeout)
 
 
 def run_handler(handler, guid, connect, timeout):

@@ -120,7 +120,8 @@ def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True):
     a connection is never shared across threads or processes.
     """
     if journal is not None and journal not in JOURNAL_MODES:
-        raise StorageError('journal mode %r is not one of %s' % (journal, ', '.join(JOURNAL_MODES)))
+        raise StorageError('journal mode %r is not one of %s'
+                           % (journal, ', '.join(JOURNAL_MODES)))
     path = os.path.abspath(path)
     if not os.path.exists(path):
         if not create:
@@ -272,7 +273,9 @@ class _Use:
         self.key = (os.getpid(), self.path, journal)
 
     def __enter__(self):
-        conn, identity = (None, None) if self.kept is None else self.kept.pop(self.key, (None, None))
+        conn = identity = None
+        if self.kept is not None:
+            conn, identity = self.kept.pop(self.key, (None, None))
         if conn is not None and identity != file_identity(self.path):
             conn.close()
             conn = None
