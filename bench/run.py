@@ -119,7 +119,11 @@ def machine(python, workdir):
             'filesystem': '%s on %s' % (fs_type, device), 'python': python,
             'python_version': versions[0] if versions else None,
             'sqlite_version': versions[1] if len(versions) > 1 else None}
-    for name, cmd in (('apache', ['apache2', '-v']), ('wrk', ['wrk', '--version'])):
+    for name, cmd in (('apache', ['apache2', '-v']), ('wrk', ['wrk', '--version']),
+                      ('mod_wsgi', ['dpkg-query', '-W', '-f', '${Version}',
+                                    'libapache2-mod-wsgi-py3']),
+                      ('flask', [os.path.join(VENV, 'bin', 'python'), '-c',
+                                 'import importlib.metadata as m; print(m.version("flask"))'])):
         try:
             out = subprocess.run(cmd, capture_output=True, text=True).stdout
             info[name] = out.splitlines()[0].strip() if out else None
@@ -744,6 +748,8 @@ def main(argv=None):
     quick, parts = args.quick, args.parts.split(',')
     workdir = tempfile.mkdtemp(prefix='fibosms-bench-', dir=args.tmpdir)
     os.chmod(workdir, 0o755)     # the Apache daemons' user must reach the files inside
+    if 'apache' in parts and shutil.which('apache2'):
+        ensure_venv()
     started = time.time()
     results = {'started': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started)),
                'command': ' '.join(['python3', 'bench/run.py'] + sys.argv[1:]),
