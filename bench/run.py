@@ -767,7 +767,7 @@ def main(argv=None):
             results['cgi'] = bench_cgi(args.python, workdir, 12 if quick else 40)
         if 'inprocess' in parts:
             say('2. In-process ...')
-            results['inprocess'] = bench_inprocess(args.python, workdir, 3 if quick else 7,
+            results['inprocess'] = bench_inprocess(args.python, workdir, 3 if quick else 15,
                                                    200 if quick else 500)
         if 'apache' in parts:
             say('3. Apache mod_wsgi ...')
