@@ -106,3 +106,64 @@ def test_app_keeps_a_connection_only_outside_cgi(make_client, db):
     os.remove(db)
     assert client.get('/?guid=b&phone=1').body == DONE
     assert [r['guid'] for r in rows(db)] == ['b']
+
+
+def test_threads_of_one_process_take_turns(db):
+    """A second thread's use waits while a first thread's use is under way."""
+    connections = storage.Connections()
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def first():
+        with connections.use(db, keep=True) as conn:
+            inside.set()
+            release.wait(5)
+            push(conn, 'a')
+            order.append('first done')
+
+    def second():
+        inside.wait(5)
+        with connections.use(db, keep=True) as conn:
+            order.append('second in')
+            push(conn, 'b')
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    inside.wait(5)
+    threading.Event().wait(0.2)  # give the second thread time to be stopped at the lock
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ['first done', 'second in']
+
+
+def test_forked_child_is_not_stopped_by_a_lock_its_parent_held(db):
+    """A child forked while another thread of its parent holds the lock still gets its turn."""
+    connections = storage.Connections()
+    inside, release = threading.Event(), threading.Event()
+
+    def holder():
+        with connections.use(db, keep=True) as conn:
+            inside.set()
+            release.wait(10)
+            push(conn, 'parent')
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    inside.wait(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with connections.use(db, keep=True) as conn:
+                push(conn, 'child')
+                os.write(write, b'stored')
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 10)  # before the parent's holder lets go
+    os.waitpid(pid, 0)
+    release.set()
+    thread.join(10)
+    assert answer == b'stored'
+    assert sorted(r['guid'] for r in rows(db)) == ['child', 'parent']
