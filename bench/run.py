@@ -30,7 +30,9 @@ median over rounds (of each figure, and of the per-round ratio).
    processes before and after 10,000 further pushes each (growth should be ~0).
 
 The python used is /usr/bin/python3 when it exists (what Debian's mod_wsgi and a shared
-host's CGI run), else this interpreter; --python picks another.
+host's CGI run), else this interpreter; --python picks another. To measure a change before it
+is applied: --code DIR takes receiver.py and storage.py from DIR; --wsgi-daemon 'processes=1
+threads=5' replaces the snippet's process and thread counts.
 """
 import argparse
 import json
