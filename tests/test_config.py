@@ -63,13 +63,6 @@ def run_python(code, **env):
                           text=True, env=dict(os.environ, **env), check=True).stdout
 
 
-def test_import_opens_no_database(tmp_path):
-    """Importing receiver opens nothing: mod_wsgi and Passenger fork after importing."""
-    db = tmp_path / 'data' / 'messages.sqlite3'
-    run_python('import receiver', FIBOSMS_DB=str(db))
-    assert not db.exists() and not db.parent.exists()
-
-
 def test_plain_cgi_push_imports_only_what_it_needs(tmp_path):
     """A CGI push without token, allowlist or hook loads none of the modules only they need."""
     code = '\n'.join([
