@@ -251,18 +251,17 @@ class Connections:
     """
 
     def __init__(self):
-        self.local = None  # made on first keep=True use: CGI never pays for threading
+        self.local = None  # made on first keep=True use
         self.lock = self.lock_pid = None
 
     def use(self, path, journal=None, keep=False):
         """``with connections.use(path, journal, keep) as conn:``"""
         if not keep:
             return _Use(None, None, path, journal)
+        import threading  # only here: CGI never pays for it
         if self.local is None:
-            import threading
             self.local = threading.local()
         if self.lock_pid != os.getpid():  # a forked child must not inherit a lock held
-            import threading
             self.lock, self.lock_pid = threading.Lock(), os.getpid()
         if not hasattr(self.local, 'open'):
             self.local.open = {}  # (pid, path, journal) -> (connection, file identity)
