@@ -59,8 +59,9 @@ def test_bad_setting_answers_503_with_one_log_line(make_client, db, setting, val
 
 def run_python(code, **env):
     """Run `code` in a fresh interpreter without site-packages (-S), from the repository."""
-    return subprocess.run([sys.executable, '-S', '-c', code], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, **env), check=True).stdout
+    return subprocess.run([sys.executable, '-S', '-c', code], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True,
+                          env=dict(os.environ, **env), check=True).stdout
 
 
 def test_plain_cgi_push_imports_only_what_it_needs(tmp_path):
