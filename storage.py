@@ -112,25 +112,26 @@ def default_path():
     return os.path.join(os.path.expanduser('~'), '.fibosms', 'messages.sqlite3')
 
 
-def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True):
-    """Open `path` ready for use: durable settings checked, schema up to date.
+def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True, private=True):
+    """Open `path` ready for use: its place checked, durable settings checked, schema up to date.
 
-    A new directory is made 0700 and a new file 0600 (SQLite gives its -wal, -shm and
-    -journal files the database file's permissions). Each caller gets its own connection:
-    a connection is never shared across threads or processes.
+    The file and its folder must be the running user's own and private (`place_problem`);
+    a missing folder is made 0700 and a missing file 0600 (SQLite gives its -wal, -shm and
+    -journal files the database file's permissions). Each caller gets its own connection,
+    which must not be used by two threads at once nor in a forked child.
     """
     if journal is not None and journal not in JOURNAL_MODES:
         raise StorageError('journal mode %r is not one of %s'
                            % (journal, ', '.join(JOURNAL_MODES)))
     path = os.path.abspath(path)
-    if not os.path.exists(path):
-        if not create:
-            raise StorageError('no database at %s' % path)
-        create_file(path)
+    prepare_place(path, create, private)
     if journal is None:
         journal = choose_journal(path)
     # isolation_level=None: no implicit transactions; we BEGIN and COMMIT ourselves.
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    # check_same_thread=False: a server's threads take turns at one kept connection, under
+    # the lock of Connections, never two at once.
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
         configure(conn, journal)
@@ -162,13 +163,73 @@ def diagnose(path):
     return ''
 
 
-def create_file(path):
-    """Create the database's directory (0700) and an empty file (0600), durably."""
+def prepare_place(path, create=True, private=True):
+    """Check the database's folder and file (`place_problem`), creating what is missing.
+
+    Each missing folder is made 0700 (os.makedirs would give the ones above the last the
+    umask's mode, 0777 under umask 000). A new file is made 0600 with O_EXCL|O_NOFOLLOW, so
+    that a link planted at its name is never followed. A -wal or -journal file found where no
+    database is would be played into the new one by SQLite (https://sqlite.org/howtocorrupt.html,
+    section 1.4): refused, to be moved aside with the database it belongs to.
+    `private=False` (the operator's command line, which reports these itself) checks nothing.
+    """
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.close(fd)
-    # The new directory entry must survive a power cut too (fsync(2) of the file's directory).
+    if not os.path.lexists(directory):
+        if not create:
+            raise StorageError('no database at %s' % path)
+        missing = []
+        while not os.path.lexists(directory):
+            missing.append(directory)
+            directory = os.path.dirname(directory)
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:  # made by another process meanwhile: checked below
+                pass
+        fsync_directory(directory)
+    problem = private and place_problem(os.path.dirname(path), 'folder')
+    if problem:
+        raise StorageError(problem)
+    if not os.path.lexists(path):
+        if not create:
+            raise StorageError('no database at %s' % path)
+        for suffix in ('-wal', '-journal'):
+            if os.path.lexists(path + suffix):
+                raise StorageError('%s%s is there without its database: move it aside'
+                                   % (path, suffix))
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600))
+            fsync_directory(os.path.dirname(path))  # the new entry must survive a power cut
+        except FileExistsError:  # made by another process meanwhile: checked below
+            pass
+    problem = private and place_problem(path, 'file')
+    if problem:
+        raise StorageError(problem)
+
+
+def place_problem(path, kind):
+    """What makes `path` unfit to hold the messages, or None: it must be a real `kind` ('file'
+    or 'folder'), the running user's own, closed to group and others, so that another local
+    user cannot plant the database, read it, or redirect it (a symlink to a file of theirs)."""
+    import stat
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return 'the database %s %s is a symbolic link' % (kind, path)
+    if not (stat.S_ISDIR if kind == 'folder' else stat.S_ISREG)(st.st_mode):
+        return 'the database %s %s is not a %s' % (
+            kind, path, 'directory' if kind == 'folder' else 'regular file')
+    if st.st_uid != os.geteuid():
+        return ('the database %s %s belongs to uid %d, not to this user (uid %d): run as its'
+                ' owner' % (kind, path, st.st_uid, os.geteuid()))
+    if st.st_mode & 0o077:
+        return 'the database %s %s is open to group or others (mode %o): chmod %s it' % (
+            kind, path, stat.S_IMODE(st.st_mode), '700' if kind == 'folder' else '600')
+    return None
+
+
+def fsync_directory(directory):
+    """fsync(2) a directory, so that a new entry in it survives a power cut."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -239,84 +300,109 @@ def migrate(conn):
 
 
 class Connections:
-    """Hands out connections: a new one per use, or, with ``keep=True`` (a long-running
-    server), the calling thread's own, kept open between requests.
+    """Hands out connections: a new one per use (a CGI process), or, with ``keep=True`` (a
+    long-running server), the process's one kept connection, used by one thread at a time.
 
     Opening costs more than a push: in WAL mode the last connection to close also checkpoints
-    and deletes the -wal file. A kept connection is never seen by another thread
-    (threading.local) nor used in a forked child (the process id is part of its key: SQLite
-    must not carry a connection across fork(), https://sqlite.org/howtocorrupt.html), and is
-    replaced when the file at its path is no longer the one it opened (deleted or moved away)
-    or after an error. The threads of one process also take turns on a lock (see _Use).
+    and deletes the -wal file. The threads of a process take turns on a lock rather than in
+    SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms between tries however soon the
+    database is free (sqliteDefaultBusyCallback in SQLite's main.c). A kept connection is
+    never used in a forked child: the process id is part of its key, and a parent's
+    connection is never closed in a child either (https://sqlite.org/howtocorrupt.html, 2.6).
+
+    A kept connection is used again only while the files are as it left them (`FileState`):
+    the same database file, of the same size and modification time, and the same -wal file.
+    Otherwise (another process's checkpoint, the file written over, moved or deleted, the -wal
+    file deleted) it is closed and the use opens afresh, reading the file as a CGI push does:
+    SQLite 3.7.17 does not notice a file written over under an open connection and would go
+    on from its cache, and a connection whose -wal file was deleted commits into the deleted
+    file. Closing it lets SQLite checkpoint that file into the database, when no other process
+    has it open. A use during which the -wal file was replaced fails (StorageError): what it
+    committed may be in the deleted file, so the push is answered 1 and sent again.
     """
 
     def __init__(self):
-        self.local = None  # made on first keep=True use
+        self.kept = {}  # (pid, path) -> (connection, journal, FileState at the end of its use)
         self.lock = self.lock_pid = None
 
     def use(self, path, journal=None, keep=False):
         """``with connections.use(path, journal, keep) as conn:``"""
         if not keep:
-            return _Use(None, None, path, journal)
-        import threading  # only here: CGI never pays for it
-        if self.local is None:
-            self.local = threading.local()
+            return ConnectionUse(None, None, path, journal)
         if self.lock_pid != os.getpid():  # a forked child must not inherit a lock held
+            import threading  # only here: CGI never pays for it
             self.lock, self.lock_pid = threading.Lock(), os.getpid()
-        if not hasattr(self.local, 'open'):
-            self.local.open = {}  # (pid, path, journal) -> (connection, file identity)
-        return _Use(self.local.open, self.lock, path, journal)
+        return ConnectionUse(self.kept, self.lock, path, journal)
 
 
-class _Use:
+class ConnectionUse:
+    """One use of a connection: ``with`` gives it (opened, or the kept one) and, at the end,
+    closes or keeps it; see Connections."""
+
     def __init__(self, kept, lock, path, journal):
         self.kept, self.lock, self.path, self.journal = kept, lock, os.path.abspath(path), journal
-        self.key = (os.getpid(), self.path, journal)
+        self.key = (os.getpid(), self.path)
+        self.conn = self.state = None
 
     def __enter__(self):
-        # The threads of a server take turns here rather than in SQLite's busy handler, which
-        # sleeps 1, 2, 5, 10 ... 100 ms between tries however soon the database is free
-        # (sqliteDefaultBusyCallback in SQLite's main.c): a p99 of 150 ms at 4 pushes at once.
         if self.lock is not None and not self.lock.acquire(timeout=BUSY_TIMEOUT):
             raise StorageError('another thread kept the database for %g s' % BUSY_TIMEOUT)
         try:
             return self.open()
         except BaseException:
-            if self.lock is not None:
-                self.lock.release()
+            self.release()
             raise
 
     def open(self):
-        """The kept connection if it is still good, else a new one."""
-        conn = identity = None
+        """The kept connection if the files are as it left them, else a new one."""
+        conn = journal = state = None
         if self.kept is not None:
-            conn, identity = self.kept.pop(self.key, (None, None))
-        if conn is not None and identity != file_identity(self.path):
+            conn, journal, state = self.kept.pop(self.key, (None, None, None))
+        if conn is not None and (journal != self.journal or state != FileState(self.path)):
             conn.close()
             conn = None
         if conn is None:
             conn = connect(self.path, self.journal)
-            identity = file_identity(self.path)
-        self.conn, self.identity = conn, identity
+        self.conn, self.state = conn, FileState(self.path)
         return conn
 
     def __exit__(self, kind, value, tb):
-        if self.lock is not None:
-            self.lock.release()  # the transaction is over, committed or rolled back
-        if self.kept is None or kind is not None:
-            self.conn.close()  # after an error, the next use opens afresh
-        else:
-            self.kept[self.key] = (self.conn, self.identity)
+        try:
+            if kind is None:
+                after = FileState(self.path)
+                if self.state.wal is not None and after.wal != self.state.wal:
+                    self.conn.close()
+                    raise StorageError('the -wal file of %s was removed during the'
+                                       ' transaction' % self.path)
+                if self.kept is not None:
+                    self.kept[self.key] = (self.conn, self.journal, after)
+                    return False
+            self.conn.close()  # a CGI push's, or after an error: the next use opens afresh
+        finally:
+            self.release()
         return False
 
+    def release(self):
+        if self.lock is not None:
+            self.lock.release()
 
-def file_identity(path):
-    """(device, inode) of the file at `path`, or None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+
+class FileState:
+    """What a kept connection must find unchanged: the database file's identity, size and
+    modification time, and the identity of its -wal file (None where a file is missing)."""
+
+    def __init__(self, path):
+        self.db = self.wal = None
+        try:
+            st = os.stat(path)
+            self.db = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            st = os.stat(path + '-wal')
+            self.wal = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+
+    def __eq__(self, other):
+        return (self.db, self.wal) == (other.db, other.wal)
 
 
 class transaction:
@@ -577,7 +663,7 @@ def main(argv=None):
         # Keep the file in the journal mode it is in: the command line inspects, it does not
         # convert (and `check` could otherwise never see a database in the wrong mode).
         args.journal = current_journal(args.db)
-        conn = connect(args.db, journal=args.journal, create=False)
+        conn = connect(args.db, journal=args.journal, create=False, private=False)
     except (StorageError, sqlite3.Error, OSError) as exc:
         print('storage.py: %s: %s' % (args.db, exc), file=sys.stderr)
         return 1

@@ -2,6 +2,8 @@
 import os
 import threading
 
+import pytest
+
 import storage
 from conftest import DONE, rows
 
@@ -30,11 +32,11 @@ def test_connection_is_closed_after_use_without_keep(db):
         push(first, 'a')
     with connections.use(db) as second:
         assert second is not first
-    assert connections.local is None  # nothing kept, threading never needed
+    assert connections.kept == {} and connections.lock is None  # threading never needed
 
 
-def test_kept_connection_is_never_handed_to_another_thread(db):
-    """Each thread has its own: a connection is never shared across threads."""
+def test_threads_share_the_kept_connection_one_at_a_time(db):
+    """Another thread gets the process's kept connection, never while a use is under way."""
     connections = storage.Connections()
     with connections.use(db, keep=True) as mine:
         push(mine, 'a')
@@ -48,8 +50,14 @@ def test_kept_connection_is_never_handed_to_another_thread(db):
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    assert seen and seen[0] is not mine
+    assert seen == [mine]
     assert len(rows(db)) == 2
+
+
+def remove_database(db):
+    """What an operator does to start afresh: the file and its companions, together."""
+    for suffix in ('', '-wal', '-shm'):
+        os.remove(db + suffix)
 
 
 def test_kept_connection_is_replaced_when_the_file_is_deleted(db):
@@ -57,7 +65,7 @@ def test_kept_connection_is_replaced_when_the_file_is_deleted(db):
     connections = storage.Connections()
     with connections.use(db, keep=True) as first:
         push(first, 'a')
-    os.remove(db)
+    remove_database(db)
     with connections.use(db, keep=True) as second:
         push(second, 'b')
     assert second is not first
@@ -103,7 +111,7 @@ def test_app_keeps_a_connection_only_outside_cgi(make_client, db):
     lands in the file at the configured path when that file was deleted meanwhile."""
     client = make_client()
     assert client.get('/?guid=a&phone=1').body == DONE
-    os.remove(db)
+    remove_database(db)
     assert client.get('/?guid=b&phone=1').body == DONE
     assert [r['guid'] for r in rows(db)] == ['b']
 
@@ -167,3 +175,85 @@ def test_forked_child_is_not_stopped_by_a_lock_its_parent_held(db):
     thread.join(10)
     assert answer == b'stored'
     assert sorted(r['guid'] for r in rows(db)) == ['child', 'parent']
+
+
+def test_kept_connection_is_replaced_when_another_process_wrote_the_file(db):
+    """A checkpoint by another connection changes the file: the next use opens afresh."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as first:
+        push(first, 'a')
+    other = storage.connect(db)
+    push(other, 'b')
+    other.execute('PRAGMA wal_checkpoint')
+    other.close()
+    with connections.use(db, keep=True) as second:
+        push(second, 'c')
+    assert second is not first
+    assert [r['guid'] for r in rows(db)] == ['a', 'b', 'c']
+
+
+def test_kept_connection_is_kept_while_the_files_are_as_it_left_them(db):
+    """Its own writes, checkpoints included, do not make the next use open afresh."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as first:
+        push(first, 'a')
+        first.execute('PRAGMA wal_checkpoint')
+    with connections.use(db, keep=True) as second:
+        push(second, 'b')
+    assert second is first
+
+
+def test_wal_file_without_its_database_is_refused(db):
+    """A -wal file left where the database was would be played into a new one: refused."""
+    conn = storage.connect(db)
+    push(conn, 'a')
+    with open(db + '-wal', 'rb') as f:
+        leftover = f.read()
+    conn.close()
+    for name in os.listdir(os.path.dirname(db)):
+        os.remove(os.path.join(os.path.dirname(db), name))
+    with open(db + '-wal', 'wb') as f:
+        f.write(leftover)
+    for keep in (False, True):
+        with pytest.raises(storage.StorageError, match='-wal is there without its database'):
+            with storage.Connections().use(db, keep=keep):
+                pass
+    assert not os.path.exists(db)
+
+
+def test_wal_file_deleted_under_a_kept_connection_loses_nothing(db):
+    """-wal and -shm deleted under a running server: the next push reopens and is stored,
+    and what the old connection had committed is checkpointed back (no restart needed)."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as first:
+        push(first, 'a')
+    os.remove(db + '-wal')
+    os.remove(db + '-shm')
+    with connections.use(db, keep=True) as second:
+        push(second, 'b')
+    assert second is not first
+    assert [r['guid'] for r in rows(db)] == ['a', 'b']
+
+
+def test_wal_file_replaced_during_a_use_fails_it(db):
+    """A -wal file deleted while a push is committing: not known to be stored, so an error
+    (answered 1, sent again), and the next use is stored."""
+    connections = storage.Connections()
+    with pytest.raises(storage.StorageError, match='-wal file .* removed'):
+        with connections.use(db, keep=True) as conn:
+            push(conn, 'a')
+            os.remove(db + '-wal')
+    with connections.use(db, keep=True) as conn:
+        push(conn, 'b')
+    assert 'b' in [r['guid'] for r in rows(db)]
+
+
+def test_app_recovers_from_deleted_wal_and_shm_files_without_a_restart(make_client, db):
+    """-wal and -shm deleted under the running app: every later push is stored and read back."""
+    client = make_client()
+    assert client.get('/?guid=a&phone=1').body == DONE
+    os.remove(db + '-wal')
+    os.remove(db + '-shm')
+    for guid in ('b', 'c'):
+        assert client.get('/?guid=%s&phone=1' % guid).body == DONE
+    assert [r['guid'] for r in rows(db)] == ['a', 'b', 'c']

@@ -78,8 +78,9 @@ def test_user_version_is_schema_version(conn):
 
 def test_empty_version_0_database_is_migrated(db):
     """An existing empty database at user_version 0 is brought up to SCHEMA_VERSION."""
-    os.makedirs(os.path.dirname(db))
+    os.makedirs(os.path.dirname(db), mode=0o700)
     sqlite3.connect(db).close()
+    os.chmod(db, 0o600)
     conn = storage.connect(db)
     try:
         assert conn.execute('PRAGMA user_version').fetchone()[0] == storage.SCHEMA_VERSION

@@ -1,0 +1,122 @@
+"""Attacks on the database's place: another local user plants the file, a link or a folder
+where the receiver will write, or hopes for one it makes open to all. Each is refused with
+503 <Status>1</Status> and one log line naming the place; nothing is written through it."""
+import os
+import pwd
+import stat
+
+import pytest
+
+from conftest import DONE, RETRY, rows
+
+PUSH = '/?guid=place-1&phone=0912345678&message=Xin+chao'
+NOBODY = pwd.getpwnam('nobody')
+
+
+def refused(make_client, db, reason):
+    """Push once to `db`: 503 <Status>1</Status> and one log line matching `reason`."""
+    res = make_client(db=db).get(PUSH, status=503, expect_errors=True)
+    assert res.body == RETRY
+    [line] = res.errors.splitlines()
+    assert reason in line and db.rsplit('/', 1)[0] in line, line
+    assert '0912345678' not in line and 'Xin' not in line
+    return line
+
+
+def test_file_planted_in_a_folder_open_to_all_is_refused(tmp_path, make_client):
+    """A database file planted in a world-writable folder (a /tmp) is never written into."""
+    folder = tmp_path / 'shared'
+    folder.mkdir()
+    os.chmod(str(folder), 0o1777)
+    planted = folder / 'messages.sqlite3'
+    planted.write_bytes(b'')
+    os.chown(str(planted), NOBODY.pw_uid, NOBODY.pw_gid)
+    refused(make_client, str(planted), 'is open to group or others (mode 1777)')
+    assert planted.read_bytes() == b''
+    assert os.listdir(str(folder)) == ['messages.sqlite3']
+
+
+@pytest.mark.parametrize('mode', [0o750, 0o705, 0o701, 0o770])
+def test_own_folder_open_to_group_or_others_is_refused(tmp_path, make_client, mode):
+    """The folder must be closed to group and others: its -wal and -shm files live there."""
+    folder = tmp_path / 'data'
+    folder.mkdir()
+    os.chmod(str(folder), mode)
+    refused(make_client, str(folder / 'messages.sqlite3'), 'chmod 700 it')
+    assert os.listdir(str(folder)) == []
+
+
+@pytest.mark.parametrize('mode', [0o640, 0o604, 0o660, 0o606])
+def test_own_file_open_to_group_or_others_is_refused(db, client, make_client, mode):
+    """An existing database that others may read is refused until it is chmod 600 again."""
+    assert client.get(PUSH).body == DONE
+    os.chmod(db, mode)
+    refused(make_client, db, 'chmod 600 it')
+    os.chmod(db, 0o600)
+    assert make_client().get(PUSH).body == DONE
+    assert [r['deliveries'] for r in rows(db)] == [2]
+
+
+def test_symlink_to_another_file_is_refused(tmp_path, make_client):
+    """A link at the database's name is not followed: the file it points to stays as it is."""
+    folder = tmp_path / 'data'
+    folder.mkdir(mode=0o700)
+    target = tmp_path / 'victim.txt'
+    target.write_bytes(b'important\n')
+    os.symlink(str(target), str(folder / 'messages.sqlite3'))
+    refused(make_client, str(folder / 'messages.sqlite3'), 'is a symbolic link')
+    assert target.read_bytes() == b'important\n'
+
+
+def test_dangling_symlink_is_not_followed_to_create_a_file(tmp_path, make_client):
+    """A link planted where the file will be made must not make the file where it points."""
+    folder = tmp_path / 'data'
+    folder.mkdir(mode=0o700)
+    target = tmp_path / 'made-by-the-receiver'
+    os.symlink(str(target), str(folder / 'messages.sqlite3'))
+    refused(make_client, str(folder / 'messages.sqlite3'), 'is a symbolic link')
+    assert not os.path.lexists(str(target))
+
+
+def test_symlinked_folder_is_refused(tmp_path, make_client):
+    """The folder itself may not be a link (to a folder another user can write, say)."""
+    real = tmp_path / 'elsewhere'
+    real.mkdir(mode=0o700)
+    os.symlink(str(real), str(tmp_path / 'data'))
+    refused(make_client, str(tmp_path / 'data' / 'messages.sqlite3'), 'is a symbolic link')
+    assert os.listdir(str(real)) == []
+
+
+def test_device_file_is_refused(tmp_path, make_client):
+    """A database path that is a device (a fifo, here) is not a regular file: refused."""
+    folder = tmp_path / 'data'
+    folder.mkdir(mode=0o700)
+    os.mkfifo(str(folder / 'messages.sqlite3'), 0o600)
+    refused(make_client, str(folder / 'messages.sqlite3'), 'is not a regular file')
+
+
+def test_file_of_another_user_is_refused(db, client, make_client):
+    """A database that belongs to another user is theirs to change: refused."""
+    assert client.get(PUSH).body == DONE
+    os.chown(db, NOBODY.pw_uid, NOBODY.pw_gid)
+    refused(make_client, db, 'belongs to uid %d, not to this user' % NOBODY.pw_uid)
+
+
+def test_device_file_is_refused_and_nothing_made_beside_it(make_client):
+    """FIBOSMS_DB=/dev/null: not a regular file, and no -journal file appears in /dev."""
+    before = set(os.listdir('/dev'))
+    refused(make_client, '/dev/null', 'the database folder /dev is open to group or others')
+    assert set(os.listdir('/dev')) - before == set()
+
+
+def test_folders_made_are_0700_whatever_the_umask(tmp_path, make_client):
+    """Every folder made for the database is 0700, not only the last, even under umask 000."""
+    db = tmp_path / 'a' / 'b' / 'c' / 'messages.sqlite3'
+    old = os.umask(0)
+    try:
+        assert make_client(db=str(db)).get(PUSH).body == DONE
+    finally:
+        os.umask(old)
+    for folder in (db.parent, db.parent.parent, db.parent.parent.parent):
+        assert stat.S_IMODE(os.stat(str(folder)).st_mode) == 0o700, folder
+    assert stat.S_IMODE(os.stat(str(db)).st_mode) == 0o600
