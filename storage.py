@@ -312,35 +312,41 @@ class Connections:
 
     A kept connection is used again only while the files are as it left them (`FileState`):
     the same database file, of the same size and modification time, and the same -wal file.
-    Otherwise (another process's checkpoint, the file written over, moved or deleted, the -wal
-    file deleted) it is closed and the use opens afresh, reading the file as a CGI push does:
-    SQLite 3.7.17 does not notice a file written over under an open connection and would go
-    on from its cache, and a connection whose -wal file was deleted commits into the deleted
-    file. Closing it lets SQLite checkpoint that file into the database, when no other process
-    has it open. A use during which the -wal file was replaced fails (StorageError): what it
-    committed may be in the deleted file, so the push is answered 1 and sent again.
+    Otherwise the use opens afresh, reading the file as a CGI push does: SQLite 3.7.17 does
+    not notice a file written over under an open connection and would go on from its cache,
+    and a connection whose -wal file was deleted commits into the deleted file. The old
+    connection is closed when its database is still the file at the path (another process's
+    checkpoint, the -wal file deleted: closing lets SQLite checkpoint that -wal into the
+    database when no other process has it open). When the file at the path is another one
+    (moved, deleted, replaced), the old connection is left open, unused, for the life of the
+    process: closing it would make SQLite delete the -wal and -shm files at the path by name,
+    which may now be those of the new database. A use during which the -wal file was
+    replaced fails (StorageError): what it committed may be in the deleted file, so the push
+    is answered 1 and sent again.
     """
 
     def __init__(self):
         self.kept = {}  # (pid, path) -> (connection, journal, FileState at the end of its use)
+        self.abandoned = []  # connections to a file no longer at their path: never closed
         self.lock = self.lock_pid = None
 
     def use(self, path, journal=None, keep=False):
         """``with connections.use(path, journal, keep) as conn:``"""
         if not keep:
-            return ConnectionUse(None, None, path, journal)
+            return ConnectionUse(None, path, journal)
         if self.lock_pid != os.getpid():  # a forked child must not inherit a lock held
             import threading  # only here: CGI never pays for it
             self.lock, self.lock_pid = threading.Lock(), os.getpid()
-        return ConnectionUse(self.kept, self.lock, path, journal)
+        return ConnectionUse(self, path, journal)
 
 
 class ConnectionUse:
     """One use of a connection: ``with`` gives it (opened, or the kept one) and, at the end,
     closes or keeps it; see Connections."""
 
-    def __init__(self, kept, lock, path, journal):
-        self.kept, self.lock, self.path, self.journal = kept, lock, os.path.abspath(path), journal
+    def __init__(self, connections, path, journal):
+        self.connections, self.path, self.journal = connections, os.path.abspath(path), journal
+        self.lock = None if connections is None else connections.lock
         self.key = (os.getpid(), self.path)
         self.conn = self.state = None
 
@@ -356,11 +362,16 @@ class ConnectionUse:
     def open(self):
         """The kept connection if the files are as it left them, else a new one."""
         conn = journal = state = None
-        if self.kept is not None:
-            conn, journal, state = self.kept.pop(self.key, (None, None, None))
-        if conn is not None and (journal != self.journal or state != FileState(self.path)):
-            conn.close()
-            conn = None
+        if self.connections is not None:
+            conn, journal, state = self.connections.kept.pop(self.key, (None, None, None))
+        if conn is not None:
+            now = FileState(self.path)
+            if not now.same_file(state):  # the file at the path is another one: see Connections
+                self.connections.abandoned.append(conn)
+                conn = None
+            elif journal != self.journal or now != state:
+                conn.close()
+                conn = None
         if conn is None:
             conn = connect(self.path, self.journal)
         self.conn, self.state = conn, FileState(self.path)
@@ -374,8 +385,8 @@ class ConnectionUse:
                     self.conn.close()
                     raise StorageError('the -wal file of %s was removed during the'
                                        ' transaction' % self.path)
-                if self.kept is not None:
-                    self.kept[self.key] = (self.conn, self.journal, after)
+                if self.connections is not None:
+                    self.connections.kept[self.key] = (self.conn, self.journal, after)
                     return False
             self.conn.close()  # a CGI push's, or after an error: the next use opens afresh
         finally:
@@ -403,6 +414,10 @@ class FileState:
 
     def __eq__(self, other):
         return (self.db, self.wal) == (other.db, other.wal)
+
+    def same_file(self, other):
+        """Whether both saw the same database file (device and inode) at the path."""
+        return None not in (self.db, other.db) and self.db[:2] == other.db[:2]
 
 
 class transaction:

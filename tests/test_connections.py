@@ -257,3 +257,22 @@ def test_app_recovers_from_deleted_wal_and_shm_files_without_a_restart(make_clie
     for guid in ('b', 'c'):
         assert client.get('/?guid=%s&phone=1' % guid).body == DONE
     assert [r['guid'] for r in rows(db)] == ['a', 'b', 'c']
+
+
+def test_database_moved_aside_under_a_kept_connection_leaves_the_new_one_whole(db):
+    """The operator moves the database and its -wal and -shm aside while two servers run;
+    one makes a new database: the other's old connection must not delete its -wal file
+    (closing it would, on SQLite 3.7.17, which deletes them by name: 'disk I/O error')."""
+    old_server, new_server = storage.Connections(), storage.Connections()
+    with old_server.use(db, keep=True) as conn:
+        push(conn, 'a')
+    aside = os.path.join(os.path.dirname(db), 'aside')
+    os.mkdir(aside, 0o700)
+    for suffix in ('', '-wal', '-shm'):
+        os.rename(db + suffix, os.path.join(aside, 'messages.sqlite3' + suffix))
+    with new_server.use(db, keep=True) as conn:   # keeps the new -wal and -shm open
+        push(conn, 'b')
+    with old_server.use(db, keep=True) as conn:
+        push(conn, 'c')
+    assert [r['guid'] for r in rows(db)] == ['b', 'c']
+    assert [r['guid'] for r in rows(os.path.join(aside, 'messages.sqlite3'))] == ['a']
