@@ -123,8 +123,7 @@ def connect(path, journal=None, timeout=BUSY_TIMEOUT, create=True, private=True)
     if journal is not None and journal not in JOURNAL_MODES:
         raise StorageError('journal mode %r is not one of %s'
                            % (journal, ', '.join(JOURNAL_MODES)))
-    path = os.path.abspath(path)
-    prepare_place(path, create, private)
+    path = prepare_place(os.path.abspath(path), create, private)
     if journal is None:
         journal = choose_journal(path)
     # isolation_level=None: no implicit transactions; we BEGIN and COMMIT ourselves.
@@ -164,7 +163,10 @@ def diagnose(path):
 
 
 def prepare_place(path, create=True, private=True):
-    """Check the database's folder and file (`place_problem`), creating what is missing.
+    """Check the database's folders and file, creating what is missing; return the path to
+    open: the same file by its folder's real path, so that no link on the way can be pointed
+    elsewhere between these checks and SQLite's open (SQLite opens -wal and -journal by name
+    beside it, so they too stay in the checked folder).
 
     Each missing folder is made 0700 (os.makedirs would give the ones above the last the
     umask's mode, 0777 under umask 000). A new file is made 0600 with O_EXCL|O_NOFOLLOW, so
@@ -187,25 +189,46 @@ def prepare_place(path, create=True, private=True):
             except FileExistsError:  # made by another process meanwhile: checked below
                 pass
         fsync_directory(directory)
-    problem = private and place_problem(os.path.dirname(path), 'folder')
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    problem = private and folders_problem(os.path.dirname(real))
     if problem:
         raise StorageError(problem)
-    if not os.path.lexists(path):
+    if not os.path.lexists(real):
         if not create:
             raise StorageError('no database at %s' % path)
         for suffix in ('-wal', '-journal'):
-            if os.path.lexists(path + suffix):
+            if os.path.lexists(real + suffix):
                 raise StorageError('%s%s is there without its database: move it aside'
                                    % (path, suffix))
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+            os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              0o600))
-            fsync_directory(os.path.dirname(path))  # the new entry must survive a power cut
+            fsync_directory(os.path.dirname(real))  # the new entry must survive a power cut
         except FileExistsError:  # made by another process meanwhile: checked below
             pass
-    problem = private and place_problem(path, 'file')
+    problem = private and place_problem(real, 'file')
     if problem:
         raise StorageError(problem)
+    return real
+
+
+def folders_problem(folder):
+    """What makes the real path `folder` unfit to hold the database, or None: it must be the
+    running user's own and closed to group and others (`place_problem`), and every folder
+    above it root's or the running user's, writable by no one else unless sticky (as /tmp),
+    so that no other local user can move the database's folder away and put theirs there."""
+    problem = place_problem(folder, 'folder')
+    while not problem and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+        st = os.stat(folder)
+        if st.st_uid not in (0, os.geteuid()):
+            problem = ('the folder %s above the database belongs to uid %d, who could move'
+                       ' the database away: put it in a folder of yours' % (folder, st.st_uid))
+        elif st.st_mode & 0o022 and not st.st_mode & 0o1000:
+            problem = ('the folder %s above the database is writable by group or others'
+                       ' (mode %o), who could move the database away: put it in a folder'
+                       ' of yours' % (folder, st.st_mode & 0o7777))
+    return problem
 
 
 def place_problem(path, kind):
@@ -223,8 +246,9 @@ def place_problem(path, kind):
         return ('the database %s %s belongs to uid %d, not to this user (uid %d): run as its'
                 ' owner' % (kind, path, st.st_uid, os.geteuid()))
     if st.st_mode & 0o077:
-        return 'the database %s %s is open to group or others (mode %o): chmod %s it' % (
-            kind, path, stat.S_IMODE(st.st_mode), '700' if kind == 'folder' else '600')
+        return 'the database %s %s is open to group or others (mode %o): %s' % (
+            kind, path, stat.S_IMODE(st.st_mode),
+            'give it a folder of its own, mode 700' if kind == 'folder' else 'chmod 600 it')
     return None
 
 
@@ -314,20 +338,24 @@ class Connections:
     the same database file, of the same size and modification time, and the same -wal file.
     Otherwise the use opens afresh, reading the file as a CGI push does: SQLite 3.7.17 does
     not notice a file written over under an open connection and would go on from its cache,
-    and a connection whose -wal file was deleted commits into the deleted file. The old
-    connection is closed when its database is still the file at the path (another process's
-    checkpoint, the -wal file deleted: closing lets SQLite checkpoint that -wal into the
-    database when no other process has it open). When the file at the path is another one
-    (moved, deleted, replaced), the old connection is left open, unused, for the life of the
-    process: closing it would make SQLite delete the -wal and -shm files at the path by name,
-    which may now be those of the new database. A use during which the -wal file was
-    replaced fails (StorageError): what it committed may be in the deleted file, so the push
-    is answered 1 and sent again.
+    and a connection whose -wal file was deleted commits into the deleted file.
+
+    What becomes of the old connection is the trap: closing a connection makes SQLite
+    checkpoint its -wal file and then delete the -wal and -shm files *by name* when it is the
+    last one open on its database file. So it is closed only when that cannot hit another
+    database's files: its file is still the one at the path and the -wal file at the path is
+    its own or none (deleted: closing then saves what it held into the database). Otherwise
+    (the database moved, deleted or replaced; a new -wal file made by another process) it is
+    forsaken (`forsake`): left open, never closed, not even at exit. After a new -wal file
+    appeared, this process would share SQLite's memory of the old one with any connection it
+    opens, so it refuses the database until it is restarted. A use during which the files
+    changed fails (StorageError): what it committed may not be in the database at the path,
+    so the push is answered 1 and sent again.
     """
 
     def __init__(self):
         self.kept = {}  # (pid, path) -> (connection, journal, FileState at the end of its use)
-        self.abandoned = []  # connections to a file no longer at their path: never closed
+        self.refused = set()  # paths whose -wal file was replaced under this process
         self.lock = self.lock_pid = None
 
     def use(self, path, journal=None, keep=False):
@@ -335,9 +363,38 @@ class Connections:
         if not keep:
             return ConnectionUse(None, path, journal)
         if self.lock_pid != os.getpid():  # a forked child must not inherit a lock held
+            import atexit
             import threading  # only here: CGI never pays for it
             self.lock, self.lock_pid = threading.Lock(), os.getpid()
+            atexit.register(self.close)
         return ConnectionUse(self, path, journal)
+
+    def close(self):
+        """Close this process's kept connections where that is safe; forsake the others."""
+        for key in [k for k in self.kept if k[0] == os.getpid()]:
+            conn, journal, state = self.kept.pop(key)
+            retire(conn, state, FileState(key[1]))
+
+
+def retire(conn, state, now):
+    """Close `conn`, last seen with its files in `state` and now finding them `now`, if that
+    cannot delete another database's files (see Connections); else forsake it. Returns
+    whether it was closed."""
+    if now.same_file(state) and now.wal in (state.wal, None):
+        conn.close()
+        return True
+    forsake(conn)
+    return False
+
+
+def forsake(conn):
+    """Leave `conn` open for the life of the process: not closed, not even when the
+    interpreter exits and frees what is left (one more reference that is never dropped)."""
+    try:
+        import ctypes
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+    except (ImportError, AttributeError):  # no ctypes: keep it in a list for the process
+        forsake.kept = getattr(forsake, 'kept', []) + [conn]
 
 
 class ConnectionUse:
@@ -363,14 +420,17 @@ class ConnectionUse:
         """The kept connection if the files are as it left them, else a new one."""
         conn = journal = state = None
         if self.connections is not None:
+            if self.path in self.connections.refused:
+                raise StorageError('the -wal file of %s was replaced under this process:'
+                                   ' restart it' % self.path)
             conn, journal, state = self.connections.kept.pop(self.key, (None, None, None))
         if conn is not None:
             now = FileState(self.path)
-            if not now.same_file(state):  # the file at the path is another one: see Connections
-                self.connections.abandoned.append(conn)
-                conn = None
-            elif journal != self.journal or now != state:
-                conn.close()
+            if journal != self.journal or now != state:
+                if not retire(conn, state, now) and now.same_file(state):
+                    self.connections.refused.add(self.path)
+                    raise StorageError('the -wal file of %s was replaced under this process:'
+                                       ' restart it' % self.path)
                 conn = None
         if conn is None:
             conn = connect(self.path, self.journal)
@@ -379,16 +439,17 @@ class ConnectionUse:
 
     def __exit__(self, kind, value, tb):
         try:
-            if kind is None:
-                after = FileState(self.path)
-                if self.state.wal is not None and after.wal != self.state.wal:
-                    self.conn.close()
-                    raise StorageError('the -wal file of %s was removed during the'
-                                       ' transaction' % self.path)
-                if self.connections is not None:
-                    self.connections.kept[self.key] = (self.conn, self.journal, after)
-                    return False
-            self.conn.close()  # a CGI push's, or after an error: the next use opens afresh
+            after = FileState(self.path)
+            if kind is None and self.state.db is not None and (
+                    not after.same_file(self.state)
+                    or self.state.wal is not None and after.wal != self.state.wal):
+                retire(self.conn, self.state, after)
+                raise StorageError('the database file of %s or its -wal file was moved,'
+                                   ' deleted or replaced during the transaction' % self.path)
+            if kind is None and self.connections is not None:
+                self.connections.kept[self.key] = (self.conn, self.journal, after)
+            else:  # a CGI push's, or after an error: the next use opens afresh
+                retire(self.conn, self.state, after)
         finally:
             self.release()
         return False

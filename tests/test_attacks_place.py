@@ -14,11 +14,12 @@ NOBODY = pwd.getpwnam('nobody')
 
 
 def refused(make_client, db, reason):
-    """Push once to `db`: 503 <Status>1</Status> and one log line matching `reason`."""
+    """Push once to `db`: 503 <Status>1</Status> and one log line holding `reason` (which
+    names the place) and neither the phone nor the text."""
     res = make_client(db=db).get(PUSH, status=503, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
-    assert reason in line and db.rsplit('/', 1)[0] in line, line
+    assert reason in line, line
     assert '0912345678' not in line and 'Xin' not in line
     return line
 
@@ -42,7 +43,8 @@ def test_own_folder_open_to_group_or_others_is_refused(tmp_path, make_client, mo
     folder = tmp_path / 'data'
     folder.mkdir()
     os.chmod(str(folder), mode)
-    refused(make_client, str(folder / 'messages.sqlite3'), 'chmod 700 it')
+    refused(make_client, str(folder / 'messages.sqlite3'),
+            '%s is open to group or others (mode %o): give it a folder of its own' % (folder, mode))
     assert os.listdir(str(folder)) == []
 
 
@@ -78,13 +80,54 @@ def test_dangling_symlink_is_not_followed_to_create_a_file(tmp_path, make_client
     assert not os.path.lexists(str(target))
 
 
-def test_symlinked_folder_is_refused(tmp_path, make_client):
-    """The folder itself may not be a link (to a folder another user can write, say)."""
-    real = tmp_path / 'elsewhere'
+def test_symlinked_folder_is_followed_to_a_safe_one(tmp_path, make_client):
+    """A folder reached through a link (systemd's DynamicUser does that) is checked where it
+    really is, and the database opened there."""
+    real = tmp_path / 'private' / 'data'
+    real.parent.mkdir(mode=0o700)
     real.mkdir(mode=0o700)
     os.symlink(str(real), str(tmp_path / 'data'))
-    refused(make_client, str(tmp_path / 'data' / 'messages.sqlite3'), 'is a symbolic link')
+    assert make_client(db=str(tmp_path / 'data' / 'messages.sqlite3')).get(PUSH).body == DONE
+    assert len(rows(str(real / 'messages.sqlite3'))) == 1
+
+
+def test_symlinked_folder_to_an_unsafe_one_is_refused(tmp_path, make_client):
+    """A link to a folder open to others is refused there."""
+    real = tmp_path / 'elsewhere'
+    real.mkdir()
+    os.chmod(str(real), 0o777)
+    os.symlink(str(real), str(tmp_path / 'data'))
+    refused(make_client, str(tmp_path / 'data' / 'messages.sqlite3'),
+            'folder %s is open to group or others' % real)
     assert os.listdir(str(real)) == []
+
+
+@pytest.mark.parametrize('owner, mode, reason', [
+    ('nobody', 0o755, 'belongs to uid %d, who could move' % NOBODY.pw_uid),
+    ('root', 0o775, 'writable by group or others (mode 775)'),
+    ('root', 0o757, 'writable by group or others (mode 757)'),
+])
+def test_folder_above_that_another_user_controls_is_refused(tmp_path, make_client,
+                                                             owner, mode, reason):
+    """Whoever may write a folder above the database's can swap the database's folder for
+    theirs between the checks and the open: refused, the folder's name in the log line."""
+    above = tmp_path / 'above'
+    above.mkdir()
+    (above / 'data').mkdir(mode=0o700)
+    os.chmod(str(above), mode)
+    if owner == 'nobody':
+        os.chown(str(above), NOBODY.pw_uid, NOBODY.pw_gid)
+    line = refused(make_client, str(above / 'data' / 'messages.sqlite3'), reason)
+    assert 'folder %s above the database' % above in line
+    assert os.listdir(str(above / 'data')) == []
+
+
+def test_sticky_folder_above_is_allowed(tmp_path, make_client):
+    """A sticky folder open to all (as /tmp) lets no one move another's folder: allowed."""
+    above = tmp_path / 'tmp'
+    above.mkdir()
+    os.chmod(str(above), 0o1777)
+    assert make_client(db=str(above / 'data' / 'messages.sqlite3')).get(PUSH).body == DONE
 
 
 def test_device_file_is_refused(tmp_path, make_client):

@@ -1,5 +1,9 @@
 """Connections kept open by long-running servers: reused only where that is safe."""
 import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -239,7 +243,7 @@ def test_wal_file_replaced_during_a_use_fails_it(db):
     """A -wal file deleted while a push is committing: not known to be stored, so an error
     (answered 1, sent again), and the next use is stored."""
     connections = storage.Connections()
-    with pytest.raises(storage.StorageError, match='-wal file .* removed'):
+    with pytest.raises(storage.StorageError, match='-wal file was moved, deleted or replaced'):
         with connections.use(db, keep=True) as conn:
             push(conn, 'a')
             os.remove(db + '-wal')
@@ -276,3 +280,109 @@ def test_database_moved_aside_under_a_kept_connection_leaves_the_new_one_whole(d
         push(conn, 'c')
     assert [r['guid'] for r in rows(db)] == ['b', 'c']
     assert [r['guid'] for r in rows(os.path.join(aside, 'messages.sqlite3'))] == ['a']
+
+
+SERVER = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+import storage
+connections = storage.Connections()
+for line in sys.stdin:
+    command, _, guid = line.split()[0], None, line.split()[-1]
+    if command == 'exit':
+        break
+    try:
+        with connections.use(sys.argv[2], keep=True) as conn:
+            storage.deliver(conn, dict(guid=guid, phone='1', message='m', charset='utf-8',
+                                       raw_query=''))
+        print('stored', flush=True)
+    except storage.StorageError as exc:
+        print('refused %s' % exc, flush=True)
+'''
+
+
+class Server(object):
+    """A process that keeps its connection between pushes, as a server's does."""
+
+    def __init__(self, db):
+        self.proc = subprocess.Popen(
+            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+
+    def push(self, guid):
+        self.proc.stdin.write('push %s\n' % guid)
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def exit(self):
+        self.proc.stdin.write('exit x\n')
+        self.proc.stdin.close()
+        assert self.proc.wait(10) == 0
+        self.proc.stdout.close()
+
+
+def guids_seen_by_a_new_process(db):
+    code = ('import sqlite3, sys; print(" ".join(r[0] for r in sqlite3.connect(sys.argv[1])'
+            '.execute("SELECT guid FROM messages ORDER BY id")))')
+    return subprocess.check_output([sys.executable, '-c', code, db],
+                                   universal_newlines=True).split()
+
+
+def test_moved_database_stays_whole_when_the_old_server_exits(db):
+    """A server whose database was moved aside goes on with the new one, and its exit does
+    not delete the new database's -wal file (SQLite 3.7.17 closing would, by name)."""
+    old, new = Server(db), Server(db)
+    try:
+        assert old.push('a') == 'stored'
+        os.mkdir(os.path.join(os.path.dirname(db), 'aside'), 0o700)
+        for suffix in ('', '-wal', '-shm'):
+            os.rename(db + suffix, os.path.join(os.path.dirname(db), 'aside',
+                                                'messages.sqlite3' + suffix))
+        assert new.push('b') == 'stored'
+        assert old.push('c') == 'stored'
+        old.exit()
+        assert new.push('d') == 'stored'
+    finally:
+        new.exit()
+    assert guids_seen_by_a_new_process(db) == ['b', 'c', 'd']
+
+
+def test_new_wal_file_made_by_another_process_is_never_deleted(db):
+    """-wal and -shm deleted; another process then commits into a new -wal file: the server
+    must not close its old connection (that would delete the new file by name and lose the
+    push), so it refuses until restarted, and nothing answered 2 afterwards is lost."""
+    server = Server(db)
+    try:
+        assert server.push('a') == 'stored'
+        os.remove(db + '-wal')
+        os.remove(db + '-shm')
+        other = Server(db)
+        assert other.push('c') == 'stored'
+        assert server.push('d').startswith('refused the -wal file of %s was replaced' % db)
+        assert other.push('e') == 'stored'
+        other.exit()
+    finally:
+        server.exit()
+    restarted = Server(db)
+    try:
+        assert restarted.push('f') == 'stored'
+    finally:
+        restarted.exit()
+    assert guids_seen_by_a_new_process(db)[-3:] == ['c', 'e', 'f']
+
+
+def test_database_replaced_during_a_use_fails_it(db):
+    """The file replaced (cp and mv) while a push commits in it: an error, never a 2 (SQLite
+    3.40 says 'readonly database' itself; 3.7.17 commits into the old file unaware)."""
+    connections = storage.Connections()
+    with connections.use(db, 'delete', keep=True) as conn:
+        push(conn, 'a')
+    with pytest.raises((storage.StorageError, sqlite3.OperationalError),
+                       match='moved, deleted or replaced|readonly database'):
+        with connections.use(db, 'delete', keep=True) as conn:
+            shutil.copy(db, db + '.tmp')
+            os.rename(db + '.tmp', db)
+            push(conn, 'b')
+    with connections.use(db, 'delete', keep=True) as conn:
+        push(conn, 'c')
+    assert [r['guid'] for r in rows(db)] == ['a', 'c']
