@@ -146,13 +146,14 @@ def prefill(db, count):
         conn.close()
 
 
-def backup_under_load(db, dest, journal=None):
-    """Run `backup DEST` while a server stores a steady stream of pushes.
+def backup_under_load(db, dest, journal=None, old=80000):
+    """Run `backup DEST` of `old` messages and more while a server stores a steady stream of
+    pushes.
 
     Returns the backup's (code, out, err), the pushes' answers, the time the backup started
     and ended, and the still running server.
     """
-    prefill(db, 80000)
+    prefill(db, old)
     server = Server(db, journal)
     pusher = Pusher(server)
     pusher.start()
@@ -177,13 +178,15 @@ def backed_up(db, tmp_path):
     server.stop()
 
 
-@pytest.mark.parametrize('journal', ['wal', 'delete'])
-def test_backup_under_load_is_complete_and_refuses_no_push(db, tmp_path, journal):
+# With the rollback journal, pushes wait for the whole copy (up to their 5 s busy timeout):
+# a smaller database keeps that wait well inside it on a slow machine.
+@pytest.mark.parametrize('journal, old', [('wal', 80000), ('delete', 20000)])
+def test_backup_under_load_is_complete_and_refuses_no_push(db, tmp_path, journal, old):
     """A backup taken while pushes keep coming is whole, holds every push answered 2 before
     it began, is 0600, leaves no temporary file; and every push got 2 meanwhile."""
     dest = str(tmp_path / 'backups' / 'messages-backup.sqlite3')
     os.makedirs(os.path.dirname(dest))
-    (code, out, err), answers, began, ended, server = backup_under_load(db, dest, journal)
+    (code, out, err), answers, began, ended, server = backup_under_load(db, dest, journal, old)
     server.stop()
     assert code == 0, err
     assert out.decode().startswith('backup: ') and out.decode().endswith(
@@ -198,7 +201,7 @@ def test_backup_under_load_is_complete_and_refuses_no_push(db, tmp_path, journal
         copy.close()
     before = {guid for guid, _, _, when in answers if when < began}
     assert len(before) >= 20 and before <= copied
-    assert sum(1 for g in copied if g.startswith('old-')) == 80000
+    assert sum(1 for g in copied if g.startswith('old-')) == old
     assert os.stat(dest).st_mode & 0o777 == 0o600
     assert os.listdir(os.path.dirname(dest)) == [os.path.basename(dest)]
     if journal == 'wal':  # readers do not hold writers back: pushes were stored meanwhile
