@@ -684,10 +684,11 @@ def cmd_backup(conn, args):
         os.rename(temp, dest)
         fsync_path(folder)  # the rename itself must survive a power cut
     except (StorageError, sqlite3.Error, OSError) as exc:
-        for leftover in (temp, temp + '-journal', temp + '-wal', temp + '-shm'):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        remove_database(temp)
         return backup_failed(dest, exc)
+    except BaseException:  # Ctrl-C: no half copy of personal data left behind either
+        remove_database(temp)
+        raise
     print('backup: %d messages in %s, integrity ok' % (counts.get('messages', 0), dest))
     return 0
 
@@ -695,6 +696,13 @@ def cmd_backup(conn, args):
 def backup_failed(dest, reason):
     print('storage.py backup: %s: %s; no backup made' % (dest, reason), file=sys.stderr)
     return 1
+
+
+def remove_database(path):
+    """Remove the database file at `path` and any -journal, -wal or -shm of it."""
+    for name in (path, path + '-journal', path + '-wal', path + '-shm'):
+        if os.path.exists(name):
+            os.remove(name)
 
 
 def copy_database(source, target):
@@ -735,7 +743,9 @@ def copy_database(source, target):
         conn.execute('COMMIT')
         journal = conn.execute('PRAGMA live.journal_mode').fetchone()[0]
         conn.execute('DETACH DATABASE live')
-        if journal == 'wal':  # so that a restored copy is as `check` expects it
+        # In WAL mode like the source, so that a restored copy is as `check` expects it; not
+        # where WAL cannot work, on a network filesystem (the receiver converts it when restored).
+        if journal == 'wal' and choose_journal(target) == 'wal':
             conn.execute('PRAGMA main.journal_mode = wal')
     finally:
         conn.close()

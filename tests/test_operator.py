@@ -282,6 +282,25 @@ def test_failed_backup_keeps_the_previous_one(db, tmp_path):
     assert os.listdir(str(folder)) == ['backup.sqlite3']
 
 
+def test_interrupted_backup_leaves_nothing(db, tmp_path):
+    """Ctrl-C during the copy removes the temporary file: no half copy of the messages stays."""
+    prefill(db, 80000)
+    folder = tmp_path / 'backups'
+    folder.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'storage.py'), '--db', db, 'backup',
+         str(folder / 'backup.sqlite3')], env=clean_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    end = time.monotonic() + 30
+    while not os.listdir(str(folder)) and time.monotonic() < end:
+        time.sleep(0.002)
+    assert os.listdir(str(folder)), 'the backup did not start'
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and b'KeyboardInterrupt' in err
+    assert os.listdir(str(folder)) == []
+
+
 # -- purge ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('days', ['6', '0', '-7', 'seven', '7.5'])
