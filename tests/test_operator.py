@@ -82,7 +82,7 @@ class Server:
         self.url = line.split()[-1].rstrip('/')
 
     def push(self, guid):
-        """(HTTP status, body) of one push."""
+        """(HTTP status, body) of one push; (the error's name, b'') when there was no answer."""
         query = urllib.parse.urlencode({'guid': guid, 'phone': '0912345678',
                                         'message': 'push ' + guid})
         try:
@@ -90,6 +90,8 @@ class Server:
                 return answer.status, answer.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+        except OSError as exc:  # refused, reset, timed out: recorded, and fails the test
+            return type(exc).__name__, b''
 
     def stop(self):
         if self.process.poll() is None:
@@ -163,6 +165,9 @@ def backup_under_load(db, dest, journal=None, old=80000):
         result = cli(db, 'backup', dest)
         ended = time.monotonic()
         time.sleep(0.2)
+    except BaseException:
+        server.stop()
+        raise
     finally:
         pusher.stop()
     return result, pusher.answers, began, ended, server
@@ -441,6 +446,20 @@ def test_export_since_refuses_what_is_not_a_time(dated, since):
     code, out, err = cli(dated, 'export', '--since', since)
     assert (code, out) == (2, b'')
     assert 'argument --since' in err
+
+
+@pytest.mark.parametrize('fmt', ['csv', 'jsonl'])
+def test_export_reads_in_batches_and_writes_each_message_once(db, fmt):
+    """More messages than one read's batch are all exported, once each, in the order stored."""
+    prefill(db, storage.BATCH * 2 + 3)
+    code, out, err = cli(db, 'export', '--format', fmt)
+    assert code == 0, err
+    text = out.decode('utf-8')
+    if fmt == 'csv':
+        got = [r['guid'] for r in csv.DictReader(io.StringIO(text, newline=''))]
+    else:
+        got = [json.loads(line)['guid'] for line in text.splitlines()]
+    assert got == guids(db) and len(got) == storage.BATCH * 2 + 3
 
 
 FORMULAS = [
