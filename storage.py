@@ -507,10 +507,14 @@ def cmd_export(conn, args):
         import csv
         writer = csv.writer(sys.stdout)
         writer.writerow(names)
-        write = lambda row: writer.writerow([spreadsheet_safe(value) for value in row])  # noqa
+
+        def write(row):
+            writer.writerow([spreadsheet_safe(value) for value in row])
     else:
         import json
-        write = lambda row: print(json.dumps(dict(zip(names, row)), ensure_ascii=False))  # noqa
+
+        def write(row):
+            print(json.dumps(dict(zip(names, row)), ensure_ascii=False))
     # In batches, each its own short read: a rollback-journal database refuses writers while
     # it is read, and standard output may be a pipe to something slow.
     last_id = 0
