@@ -52,23 +52,24 @@ def test_list_shows_each_message(filled):
 
 
 def test_list_keeps_one_line_per_message(filled):
-    """`list` flattens a message's newline and shortens it to 60 characters and '...'."""
+    """`list` shows a message's newline as \\n and shortens it to 60 characters and '...'."""
     code, out, _ = run_cli(filled, 'list')
     vi = [line for line in out.splitlines() if '\tg-vi\t' in line][0]
     text = vi.split('\t')[-1]
-    assert text == VIETNAMESE.replace('\n', ' ')[:60] + '...'
+    assert text == VIETNAMESE[:60].replace('\n', '\\n') + '...'
     assert vi.split('\t')[4] == '2'
 
 
 def test_show_prints_every_column(filled):
-    """`show GUID` prints each column of the message, the text unchanged."""
+    """`show GUID` prints each column of the message, the text unchanged but for its
+    newline, shown as \\n."""
     code, out, _ = run_cli(filled, 'show', 'g-vi')
     assert code == 0
     fields = dict(line.split(None, 1) for line in out.splitlines() if ' ' in line.strip())
     assert set(fields) >= {c + ':' for c in ('guid', 'phone', 'state', 'deliveries')}
     assert fields['guid:'] == 'g-vi'
     assert fields['deliveries:'] == '2'
-    assert VIETNAMESE in out
+    assert fields['message:'] == VIETNAMESE.replace('\n', '\\n')
 
 
 def test_show_unknown_guid_exits_1(filled):
@@ -80,14 +81,16 @@ def test_show_unknown_guid_exits_1(filled):
 
 
 def test_export_csv_round_trips(filled):
-    """`export --format csv` parses back with csv to exactly the stored rows."""
+    """`export --format csv` parses back with csv to the stored rows; a phone that starts
+    with + has a ' in front (a formula to a spreadsheet otherwise)."""
     code, out, _ = run_cli(filled, 'export', '--format', 'csv')
     assert code == 0
     exported = list(csv.DictReader(io.StringIO(out, newline='')))
     stored = rows(filled)
     assert [r['guid'] for r in exported] == ['g-vi', 'g-ascii', 'g-empty']
     assert [r['message'] for r in exported] == [VIETNAMESE, 'HELLO', '']
-    assert [r['phone'] for r in exported] == [r['phone'] for r in stored]
+    assert [r['phone'] for r in exported] == ["'+84912345678", '0987654321', '84901234567']
+    assert [r['phone'] for r in stored] == ['+84912345678', '0987654321', '84901234567']
     assert list(exported[0]) == list(stored[0])
 
 
