@@ -728,7 +728,7 @@ def cmd_retry(conn, args):
                                                                  CLAIM_SECONDS)
         if not claimed:
             continue
-        error = process(lambda: connect(args.db, args.journal), guid, spec)
+        error = process(lambda: connect(args.db, args.journal, private=False), guid, spec)
         failures += error is not None
         print('%s %s' % (guid, 'failed: ' + error if error else 'processed'))
     return 1 if failures else 0
@@ -755,6 +755,9 @@ def cmd_check(conn, args):
     for name, path in (('file', args.db), ('directory', os.path.dirname(args.db))):
         mode_bits = os.stat(path).st_mode & 0o777
         report(name, '%s %o' % (path, mode_bits), not mode_bits & 0o077)
+    real = os.path.join(os.path.realpath(os.path.dirname(args.db)), os.path.basename(args.db))
+    place = folders_problem(os.path.dirname(real)) or place_problem(real, 'file')
+    report('place', place or 'the running user\'s own, closed to others', place is None)
     fs = filesystem_type(args.db)
     volatile = fs in ('tmpfs', 'ramfs')
     report('filesystem', '%s%s' % (fs or 'unknown', ', emptied at every reboot' if volatile

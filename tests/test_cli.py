@@ -176,6 +176,17 @@ def test_check_flags_readable_by_others(filled, which, bits):
     assert line.endswith('%o   <-- PROBLEM' % bits)
 
 
+def test_check_names_a_place_another_user_controls(filled):
+    """`check` reports, on its `place` line, a folder above the database open to others."""
+    above = os.path.dirname(os.path.dirname(filled))
+    os.chmod(above, 0o777)
+    code, out, _ = run_cli(filled, 'check')
+    assert code == 1
+    [line] = [line for line in out.splitlines() if line.startswith('place:')]
+    assert 'folder %s above the database is writable by group or others' % above in line
+    assert line.endswith('<-- PROBLEM')
+
+
 def test_newer_schema_is_a_clear_error(filled):
     """A database of a newer schema gives a one-line error naming it, and exit 1."""
     conn = sqlite3.connect(filled)

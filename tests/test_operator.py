@@ -672,7 +672,8 @@ def test_check_prints_one_line_per_finding(db):
     code, out, _ = cli(db, 'check', '--max-silence', '0.5', '--quiet')
     assert code == 1
     lines = out.decode().splitlines()
-    assert [line.split()[0] for line in lines] == ['file:', 'hook_failed:', 'last_push:']
+    assert [line.split()[0] for line in lines] == ['file:', 'place:', 'hook_failed:',
+                                                   'last_push:']
     assert lines == problems(out)
 
 
