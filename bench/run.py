@@ -11,7 +11,8 @@ synchronous=FULL), written as a plain page: PDO, a connection per request.
 1. CGI processes, timed by hyperfine: one push (a first delivery: the row is deleted before
    each run) as ``python3 receiver.py`` and as ``python3 deploy/cgi/receiver.cgi`` with the
    environment a web server gives a CGI script, against ``python3 -c pass``; and
-   ``php-cgi receiver.php``. Wall time and CPU time (user + system).
+   ``php-cgi receiver.php``. Wall time (hyperfine's median) and CPU time (its mean user +
+   system time).
 2. In-process: pushes per second through the WSGI callable against raw sqlite3 inserts of
    the same row with the same durability over one open connection (the floor).
 3. Servers: four private Apache instances on 127.0.0.1 (tests/servers.py), one per page:
@@ -109,11 +110,13 @@ def bench_cgi(work, code, rounds, runs):
         for group_env, group_db, commands in (groups if r % 2 else groups[::-1]):
             names = list(commands)[r % len(commands):] + list(commands)[:r % len(commands)]
             export = os.path.join(work, 'hyperfine.json')
-            subprocess.run(['hyperfine', '-N', '--style', 'none', '--warmup', '2', '--runs',
-                            str(runs), '--prepare', DELETE_ROWS % (PYTHON, group_db),
-                            '--export-json', export] + [commands[n] for n in names],
-                           env=dict(group_env, PATH=os.environ['PATH']),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+            done = subprocess.run(
+                ['hyperfine', '-N', '--style', 'none', '--warmup', '2', '--runs', str(runs),
+                 '--prepare', DELETE_ROWS % (PYTHON, group_db), '--export-json', export]
+                + [commands[n] for n in names], env=dict(group_env, PATH=os.environ['PATH']),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
+            if done.returncode != 0:
+                raise RuntimeError('hyperfine: %s' % done.stderr)
             with open(export) as f:
                 for name, result in zip(names, json.load(f)['results']):
                     samples.setdefault(name, []).append(
@@ -352,7 +355,8 @@ def bench_servers(code, rounds, seconds, levels):
     running, runs = [], []
     try:
         for name, site in sites.items():
-            running.append(Server(name, site, code).start())
+            running.append(Server(name, site, code))
+            running[-1].start()
         for server in running:
             server.wrk('unique', 'warm-' + server.name, 4, 1)
         for r in range(rounds):
