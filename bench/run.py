@@ -379,8 +379,9 @@ def bench_servers(code, rounds, seconds, levels):
         for c in levels:
             pick = {name: [x for x in runs if (x['server'], x['mode'], x['connections'])
                            == (name, mode, c)] for name in sites}
-            row = {name: {key: median([x[key] for x in xs])
-                          for key in ('per_s', 'p50_us', 'p99_us', 'cpu_ms', 'errors')}
+            row = {name: dict({key: median([x[key] for x in xs])
+                               for key in ('per_s', 'p50_us', 'p99_us', 'cpu_ms')},
+                              errors=sum(x['errors'] for x in xs))
                    for name, xs in pick.items()}
             for ours, peer in PAIRS:
                 pairs = list(zip(pick[ours], pick[peer]))
