@@ -22,9 +22,9 @@ One table, ``messages``, one row per SMS, keyed by the gateway's ``guid``::
     processed_at      TEXT                  when the message was processed, UTC, ISO 8601
 
 The duplicate rule: the first delivery of a guid inserts the row; every later one only counts
-itself (``deliveries``, ``last_delivery_at``) and never overwrites what was stored first. The
-check and the insert run in one ``BEGIN IMMEDIATE`` transaction, so two deliveries of one guid
-cannot both insert, and the UNIQUE constraint is the last word if they ever tried.
+itself (``deliveries``, ``last_delivery_at``) and never overwrites what was stored first. Each
+delivery tries the insert in one ``BEGIN IMMEDIATE`` transaction and the UNIQUE constraint
+decides: a delivery whose insert it refuses is a later one.
 
 Durability: a delivery is answered ``<Status>2</Status>`` only after its ``COMMIT`` returned
 with ``PRAGMA synchronous=FULL`` (https://sqlite.org/pragma.html#pragma_synchronous). The
@@ -524,10 +524,12 @@ def deliver(conn, push, claim_seconds=None):
     """
     now = time.time()
     stamp = utc_iso(now)
+    hooked = claim_seconds is not None
     with transaction(conn):
-        row = conn.execute(SELECT_MESSAGE, (push['guid'],)).fetchone()
-        if row is None:
-            hooked = claim_seconds is not None
+        # Insert first and let the UNIQUE constraint decide: a first delivery, the common
+        # case, is then one statement. A failed statement is undone on its own and the
+        # transaction goes on (https://sqlite.org/lang_conflict.html, ABORT).
+        try:
             conn.execute(INSERT_MESSAGE, (
                 push['guid'], push['phone'], push.get('phone_normalised'), push['message'],
                 push['charset'], push['raw_query'], push.get('extra', '{}'),
@@ -536,6 +538,13 @@ def deliver(conn, push, claim_seconds=None):
                 now + claim_seconds if hooked else None,
                 None if hooked else stamp))
             return ('run' if hooked else 'done'), None
+        except sqlite3.IntegrityError:
+            # UNIQUE, or a NOT NULL or CHECK constraint? SQLite's wording differs between
+            # versions (3.7.17: "column guid is not unique"), so ask the table instead: a row
+            # with this guid means a retry; none means the push itself is bad.
+            row = conn.execute(SELECT_MESSAGE, (push['guid'],)).fetchone()
+            if row is None:
+                raise
         conn.execute(COUNT_DELIVERY, (stamp, push['guid']))
         if claim_seconds is None or row['state'] == 'processed':
             return 'done', dict(row)

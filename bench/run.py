@@ -1,823 +1,497 @@
 #!/usr/bin/env python3
-"""What one FiboSMS push costs: receiver.py against its floor and against a Flask receiver.
+"""What one FiboSMS push costs: receiver.py against the PHP page a business would otherwise write.
 
-    python3 bench/run.py [--quick] [--parts cgi,inprocess,apache] [--python /usr/bin/python3]
+    python3 bench/run.py [--quick] [--parts cgi,inprocess,servers] [--code DIR]
 
-Standard library only, plus Debian tools it finds: wrk (the load generator), apache2 with
-libapache2-mod-wsgi-py3 (for part 3), GNU time (for the peak RSS of a CGI process). Flask for
-the peer receiver is installed into bench/.venv on first run (pip, PyPI) and nowhere else.
-Takes a few minutes on a 2-core machine; prints one table and writes it, with every sample,
-as JSON to bench/results/ (latest.json and a dated copy).
+Debian packages: apache2, libapache2-mod-wsgi-py3, php-fpm, php-cgi, php-sqlite3, wrk,
+hyperfine. The peer is bench/peers/receiver.php: the same protocol, table rule (UNIQUE guid,
+checked and inserted in one BEGIN IMMEDIATE transaction) and durability (WAL,
+synchronous=FULL), written as a plain page: PDO, a connection per request.
 
-The machine is assumed noisy (other work runs on it): every comparison is a ratio of two
-things measured in the same run, interleaved round by round, and what is reported is the
-median over rounds (of each figure, and of the per-round ratio).
+1. CGI processes, timed by hyperfine: one push (a first delivery: the row is deleted before
+   each run) as ``python3 receiver.py`` and as ``python3 deploy/cgi/receiver.cgi`` with the
+   environment a web server gives a CGI script, against ``python3 -c pass``; and
+   ``php-cgi receiver.php``. Wall time (hyperfine's median) and CPU time (its mean user +
+   system time).
+2. In-process: pushes per second through the WSGI callable against raw sqlite3 inserts of
+   the same row with the same durability over one open connection (the floor).
+3. Servers: four private Apache instances on 127.0.0.1 (tests/servers.py), one per page:
+   receiver.py under mod_wsgi (deploy/apache-mod_wsgi.conf, TLS lines dropped) and
+   receiver.php under php-fpm (proxy_fcgi; Debian's pool settings); deploy/cgi/receiver.cgi
+   under mod_cgid (with deploy/cgi/.htaccess) and receiver.php under php-cgi (mod_actions, as
+   Debian's php-cgi.conf shows). wrk (bench/mix.lua) sends new guids, or a retry-heavy mix
+   where 90% of pushes resend one of 100 stored pushes byte for byte. Pushes per second,
+   p50/p99 latency, and CPU per push: the user + system time, over the run, of a cgroup
+   holding the server and every process it starts (Apache, mod_wsgi's daemon, php-fpm, each
+   CGI process), divided by the pushes wrk counted. Needs root (for the cgroups).
 
-1. CGI cold start: one push as a CGI process, ``python3 receiver.py`` with the environment a
-   web server gives a CGI script (durable insert included), against ``python3 -c pass`` with
-   the same environment; also the shipped shim deploy/cgi/receiver.cgi. Wall and CPU time
-   (user + system, from wait4). Import cost from ``-X importtime``. Target: at most 1.9x.
-2. In-process: pushes per second through the WSGI callable (unique guids, token checked,
-   durable), against the floor: raw sqlite3 inserts of the same row into the same schema,
-   synchronous=FULL, WAL, BEGIN IMMEDIATE ... COMMIT each, one connection kept open, in the
-   same directory. Target: at least 0.8x.
-3. Apache mod_wsgi daemon mode on 127.0.0.1: two private Apache instances built from
-   deploy/apache-mod_wsgi.conf (TLS lines dropped, paths and port filled in), identical but
-   for the script: receiver.py, or bench/peers/flask_receiver.py. wrk at a few concurrency
-   levels, unique guids and a duplicate-heavy mix (90% retries of 100 known guids):
-   pushes per second, p50 and p99 latency. Target: at least 1.5x Flask's throughput, lower p99.
-4. Memory: peak RSS of one CGI push (and of ``python3 -c pass``), and of the mod_wsgi daemon
-   processes before and after 10,000 further pushes each (growth should be ~0).
-
-The python used is /usr/bin/python3 when it exists (what Debian's mod_wsgi and a shared
-host's CGI run), else this interpreter; --python picks another. To measure a change before it
-is applied: --code DIR takes receiver.py and storage.py from DIR; --wsgi-daemon 'processes=1
-threads=5' replaces the snippet's process and thread counts.
+The machine is assumed busy: what is compared takes turns round by round, and every figure is the
+median over rounds (of each measure, and of each round's ratio). The table is printed and
+written with every sample to bench/results/ (latest.json and a dated copy). --code DIR takes
+receiver.py and storage.py from DIR, to measure a change before it is applied.
 """
 import argparse
+import glob
 import json
 import os
-import platform
-import re
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CODE = ROOT       # where receiver.py and storage.py are taken from (--code)
-RESULTS = os.path.join(HERE, 'results')
-VENV = os.path.join(HERE, '.venv')
-PEER = os.path.join(HERE, 'peers', 'flask_receiver.py')
-APACHE_CONF = os.path.join(ROOT, 'deploy', 'apache-mod_wsgi.conf')
-CGI_SHIM = os.path.join(ROOT, 'deploy', 'cgi', 'receiver.cgi')
-APACHE_MODULES = '/usr/lib/apache2/modules'
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+import servers  # noqa: E402  (tests/servers.py: private Apache instances)
 
-TOKEN = 'bench-secret-0123456789abcdef'
+PYTHON = '/usr/bin/python3'     # what Debian's mod_wsgi and a shared host's CGI run
+PHP_PAGE = os.path.join(HERE, 'peers', 'receiver.php')
+MIX = os.path.join(HERE, 'mix.lua')
+TOKEN = servers.TOKEN
 DONE = b'<Status>2</Status>'
-TARGETS = {'cgi_ratio_max': 1.9, 'inprocess_ratio_min': 0.8, 'apache_rps_ratio_min': 1.5}
+PAIRS = (('mod_wsgi', 'php-fpm'), ('cgi', 'php-cgi'))   # receiver.py, its PHP peer
+DELETE_ROWS = ('%s -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); '
+               'c.execute(\'DELETE FROM messages\'); c.commit(); c.close()" %s')
 
-# -- Small helpers ----------------------------------------------------------------------------
 
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def push_query(guid):
+    """A push as bench/mix.lua sends it: its message follows from its guid, so a retry is the
+    very request that was stored."""
+    return 'guid=%s&phone=84912345678&message=Xin+chao+%s' % (guid, guid)
 
 
 def say(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def default_python():
-    return '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def query(guid, n=0):
-    return 'guid=%s&phone=84912345678&message=Xin+chao+%d' % (guid, n)
-
-
-# -- The machine ------------------------------------------------------------------------------
-
-def machine(python, workdir):
-    """What the figures were measured on."""
-    cpu = ''
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next((line.split(':', 1)[1].strip() for line in f
-                        if line.startswith('model name')), '')
-    except OSError:
-        pass
-    sys.path.insert(0, ROOT)
-    import storage
-    fs_type, device = storage.filesystem_type(workdir), ''
-    try:
-        with open('/proc/mounts') as f:
-            best = ''
-            for fields in (line.split() for line in f):
-                point = fields[1]
-                if os.path.realpath(workdir).startswith(point.rstrip('/') + '/') \
-                        and len(point) >= len(best):
-                    best, device = point, fields[0]
-    except OSError:
-        pass
-    versions = subprocess.run(
-        [python, '-c', 'import sys, sqlite3; print(sys.version.split()[0], '
-                       'sqlite3.sqlite_version)'],
-        capture_output=True, text=True).stdout.split()
-    info = {'nproc': os.cpu_count(), 'cpu': cpu, 'kernel': platform.release(),
-            'filesystem': '%s on %s' % (fs_type, device), 'python': python,
-            'python_version': versions[0] if versions else None,
-            'sqlite_version': versions[1] if len(versions) > 1 else None}
-    for name, cmd in (('apache', ['apache2', '-v']), ('wrk', ['wrk', '--version']),
-                      ('mod_wsgi', ['dpkg-query', '-W', '-f', '${Version}',
-                                    'libapache2-mod-wsgi-py3']),
-                      ('flask', [os.path.join(VENV, 'bin', 'python'), '-c',
-                                 'import importlib.metadata as m; print(m.version("flask"))'])):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True).stdout
-            info[name] = out.splitlines()[0].strip() if out else None
-        except OSError:
-            info[name] = None
-    return info
-
-
-# -- 1. CGI cold start ------------------------------------------------------------------------
-
-def cgi_environ(db, guid, path_info):
-    """The environment a web server hands a CGI script (RFC 3875), and nothing else."""
-    return {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
-            'QUERY_STRING': query(guid), 'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80',
-            'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_SOFTWARE': 'Apache', 'REMOTE_ADDR': '127.0.0.1',
-            'SCRIPT_NAME': '/fibosms', 'PATH_INFO': path_info,
-            'FIBOSMS_DB': db, 'FIBOSMS_TOKEN': TOKEN}
-
-
-def spawn_timed(cmd, env):
-    """Run `cmd`; return (wall s, CPU s of the child alone, stdout, stderr, exit status)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read(), proc.stderr.read()   # a CGI answer fits in the pipe
-    proc.stdout.close()
-    proc.stderr.close()
-    return wall, usage.ru_utime + usage.ru_stime, out, err, proc.returncode
-
-
-def make_cgi_shim(appdir, db):
-    """deploy/cgi/receiver.cgi with its CHANGE lines filled in, or None if it is not there."""
-    if not os.path.exists(CGI_SHIM):
-        return None
-    with open(CGI_SHIM) as f:
-        text = f.read()
-    for name, value in (('CODE_DIR', appdir), ('DB', db), ('TOKEN', TOKEN)):
-        text, n = re.subn(r'^%s = .*$' % name, '%s = %r' % (name, value), text, flags=re.M)
-        if n != 1:
-            return None
-    path = os.path.join(appdir, 'receiver.cgi')
-    with open(path, 'w') as f:
-        f.write(text)
-    return path
-
-
-def bench_cgi(python, workdir, rounds):
-    """Part 1 (and the CGI half of part 4)."""
-    appdir = os.path.join(workdir, 'cgi-app')
-    os.makedirs(appdir)
+def copy_code(code, folder):
     for name in ('receiver.py', 'storage.py'):
-        shutil.copy(os.path.join(CODE, name), appdir)
-    db = os.path.join(workdir, 'cgi-data', 'messages.sqlite3')
-    shim = make_cgi_shim(appdir, db)
-    cases = [('pass', [python, '-c', 'pass']),
-             ('receiver.py', [python, os.path.join(appdir, 'receiver.py')])]
-    if shim:
-        cases.append(('receiver.cgi', [python, shim]))
-    counter = [0]
+        shutil.copyfile(os.path.join(code, name), os.path.join(folder, name))
 
-    def one(name, cmd, extra=()):
-        counter[0] += 1
-        env = cgi_environ(db, 'cgi-%d' % counter[0], '/' + TOKEN)
-        wall, cpu, out, err, code = spawn_timed(cmd[:1] + list(extra) + cmd[1:], env)
-        if name != 'pass' and (code != 0 or not out.endswith(DONE) or b'200 OK' not in out):
-            raise RuntimeError('CGI push failed (%s): %r %r' % (name, out[-200:], err[-500:]))
-        return wall, cpu, err
 
-    for name, cmd in cases:     # the first push creates the database; bytecode gets cached
-        one(name, cmd)
-        one(name, cmd)
-    samples = {name: {'wall': [], 'cpu': []} for name, _ in cases}
-    for i in range(rounds):
-        order = cases[i % len(cases):] + cases[:i % len(cases)]
-        for name, cmd in order:
-            wall, cpu, _ = one(name, cmd)
-            samples[name]['wall'].append(wall)
-            samples[name]['cpu'].append(cpu)
-    result = {'rounds': rounds, 'samples': samples}
-    for name, _ in cases:
-        for kind in ('wall', 'cpu'):
-            result['%s_%s_ms' % (name, kind)] = median(samples[name][kind]) * 1e3
-            if name != 'pass':
-                result['%s_%s_ratio' % (name, kind)] = median(
-                    [a / b for a, b in zip(samples[name][kind], samples['pass'][kind])])
+def cgi_script(code, db):
+    """deploy/cgi/receiver.cgi with its CHANGE lines filled in."""
+    return servers.snippet('cgi/receiver.cgi', [
+        ("os.path.expanduser('~/fibosms')", repr(code)),
+        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(db)),
+        ("'change-me-to-a-long-random-secret'", repr(TOKEN))])
 
-    # Import cost: modules that receiver.py imports beyond the bare interpreter's own.
-    runs = {'pass': [], 'receiver.py': []}
-    for i in range(7):
-        for name, cmd in cases[:2]:
-            runs[name].append(parse_importtime(one(name, cmd, ['-X', 'importtime'])[2]))
-    bare = set().union(*(set(r) for r in runs['pass']))
-    extra = {}
-    for run in runs['receiver.py']:
-        for module, (self_us, cumulative_us, depth) in run.items():
-            if module not in bare:
-                extra.setdefault(module, []).append((self_us, cumulative_us, depth))
-    modules = {m: {'self_us': median([s for s, _, _ in v]),
-                   'cumulative_us': median([c for _, c, _ in v]),
-                   'top_level': v[0][2] == 0} for m, v in extra.items()}
-    result['imports_total_us'] = sum(m['self_us'] for m in modules.values())
-    result['imports_top_level'] = sorted(
-        ((m, v['cumulative_us']) for m, v in modules.items() if v['top_level']),
-        key=lambda item: -item[1])
-    result['imports_modules'] = modules
 
-    # Python caches bytecode only for imported modules: a script started by its path, as
-    # receiver.py is here, is compiled at every start.
-    code = ('import sys, time; source = open(sys.argv[1]).read(); start = time.perf_counter(); '
-            'compile(source, sys.argv[1], "exec"); print(time.perf_counter() - start)')
-    result['receiver.py_compile_ms'] = median([float(subprocess.run(
-        [python, '-c', code, cases[1][1][1]], capture_output=True, text=True, check=True).stdout)
-        for i in range(7)]) * 1e3
+# -- 1. CGI processes -------------------------------------------------------------------------
 
-    # Peak RSS of one process: GNU time forks from a small process, so its child's maxrss is
-    # the child's own (a child forked from this big Python would inherit its high-water mark).
-    gnu_time = shutil.which('time')     # Debian package "time"; the shell's keyword won't do
-    if gnu_time:
-        rss = {'pass': [], 'receiver.py': []}
-        for i in range(5):
-            for name, cmd in cases[:2]:
-                counter[0] += 1
-                env = cgi_environ(db, 'cgi-rss-%d' % counter[0], '/' + TOKEN)
-                proc = subprocess.run([gnu_time, '-f', 'MAXRSS %M'] + cmd, env=env,
-                                      capture_output=True)
-                found = re.search(rb'MAXRSS (\d+)', proc.stderr)
-                rss[name].append(int(found.group(1)) if found else None)
-        result['pass_peak_rss_kib'] = median(rss['pass'])
-        result['receiver.py_peak_rss_kib'] = median(rss['receiver.py'])
+def bench_cgi(work, code, rounds, runs):
+    folder = os.path.join(work, 'cgi')
+    os.makedirs(folder)
+    copy_code(code, folder)
+    db, php_db = os.path.join(folder, 'receiver.sqlite3'), os.path.join(folder, 'php.sqlite3')
+    with open(os.path.join(folder, 'receiver.cgi'), 'w') as f:
+        f.write(cgi_script(folder, db))
+    env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
+           'QUERY_STRING': push_query('cgi-1'), 'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80',
+           'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_SOFTWARE': 'Apache', 'REMOTE_ADDR': '127.0.0.1',
+           'SCRIPT_NAME': '/fibosms', 'PATH_INFO': '/' + TOKEN, 'FIBOSMS_TOKEN': TOKEN}
+    groups = [  # (environment, database, {name: command}); php-cgi needs its own database
+        (dict(env, FIBOSMS_DB=db), db, {
+            'python3 -c pass': '%s -c pass' % PYTHON,
+            'python3 receiver.py': '%s %s/receiver.py' % (PYTHON, folder),
+            'python3 receiver.cgi': '%s %s/receiver.cgi' % (PYTHON, folder)}),
+        (dict(env, FIBOSMS_DB=php_db, SCRIPT_FILENAME=PHP_PAGE, REDIRECT_STATUS='200'), php_db,
+         {'php-cgi receiver.php': 'php-cgi %s' % PHP_PAGE})]
+    for group_env, _, commands in groups:       # each answers 2 (and creates its database)
+        for name, command in commands.items():
+            out = subprocess.run(command.split(), env=group_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+            if 'pass' not in name and not out.stdout.endswith(DONE):
+                raise RuntimeError('%s answered %r %r' % (name, out.stdout, out.stderr))
+    samples = {}
+    for r in range(rounds):
+        for group_env, group_db, commands in (groups if r % 2 else groups[::-1]):
+            names = list(commands)[r % len(commands):] + list(commands)[:r % len(commands)]
+            export = os.path.join(work, 'hyperfine.json')
+            done = subprocess.run(
+                ['hyperfine', '-N', '--style', 'none', '--warmup', '2', '--runs', str(runs),
+                 '--prepare', DELETE_ROWS % (PYTHON, group_db), '--export-json', export]
+                + [commands[n] for n in names], env=dict(group_env, PATH=os.environ['PATH']),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
+            if done.returncode != 0:
+                raise RuntimeError('hyperfine: %s' % done.stderr)
+            with open(export) as f:
+                for name, result in zip(names, json.load(f)['results']):
+                    samples.setdefault(name, []).append(
+                        {'wall_ms': result['median'] * 1e3,
+                         'cpu_ms': (result['user'] + result['system']) * 1e3})
+    result = {'rounds': rounds, 'runs': runs, 'samples': samples}
+    for name, rows in samples.items():
+        result[name] = {key: median([row[key] for row in rows]) for key in ('wall_ms', 'cpu_ms')}
+        result[name].update({key.replace('ms', 'x_pass'): median(
+            [row[key] / base[key] for row, base in zip(rows, samples['python3 -c pass'])])
+            for key in ('wall_ms', 'cpu_ms')})
     return result
-
-
-def parse_importtime(stderr):
-    """-X importtime lines -> {module: (self us, cumulative us, depth)}."""
-    modules = {}
-    for line in stderr.decode('utf-8', 'replace').splitlines():
-        found = re.match(r'import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)', line)
-        if found:
-            modules[found.group(4)] = (int(found.group(1)), int(found.group(2)),
-                                       (len(found.group(3)) - 1) // 2)
-    return modules
 
 
 # -- 2. In-process ----------------------------------------------------------------------------
 
-def bench_inprocess(python, workdir, rounds, batch):
-    """Part 2, run in a child process of `python` (see inprocess_worker)."""
-    args = json.dumps({'workdir': workdir, 'rounds': rounds, 'batch': batch})
-    proc = subprocess.run([python, os.path.abspath(__file__), '--code', CODE,
-                           '--worker-inprocess', args], capture_output=True, text=True, cwd=CODE)
-    if proc.returncode != 0:
-        raise RuntimeError('in-process worker failed:\n' + proc.stderr[-3000:])
-    return json.loads(proc.stdout)
-
-
-def inprocess_worker(args):
+def bench_inprocess(work, code, rounds, batch):
     import io
     import sqlite3
-    sys.path.insert(0, CODE)
+    sys.path.insert(0, code)
     import receiver
     import storage
-
-    directory = os.path.join(args['workdir'], 'inprocess')
-    os.makedirs(directory)
-    app_db, floor_db = (os.path.join(directory, name) for name in ('app.sqlite3', 'floor.sqlite3'))
-    app = receiver.make_app(db=app_db, token=TOKEN)
+    app = receiver.make_app(db=os.path.join(work, 'app.sqlite3'), token=TOKEN)
     base = {'REQUEST_METHOD': 'GET', 'SCRIPT_NAME': '/fibosms', 'PATH_INFO': '/' + TOKEN,
             'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80', 'SERVER_PROTOCOL': 'HTTP/1.1',
             'REMOTE_ADDR': '127.0.0.1', 'wsgi.version': (1, 0), 'wsgi.url_scheme': 'http',
             'wsgi.input': io.BytesIO(b''), 'wsgi.errors': sys.stderr, 'wsgi.multithread': True,
             'wsgi.multiprocess': True, 'wsgi.run_once': False}
-    statuses = []
-
-    def start_response(status, headers, exc_info=None):
-        statuses.append(status)
 
     def push(guid):
-        environ = dict(base, QUERY_STRING=query(guid))
-        body = b''.join(app(environ, start_response))
-        if body != DONE or not statuses.pop().startswith('200'):
-            raise RuntimeError('push %s answered %r' % (guid, body))
+        if b''.join(app(dict(base, QUERY_STRING=push_query(guid)), lambda s, h: None)) != DONE:
+            raise RuntimeError('push %s not stored' % guid)
 
-    floor = sqlite3.connect(floor_db, isolation_level=None)
+    floor = sqlite3.connect(os.path.join(work, 'floor.sqlite3'), isolation_level=None)
     floor.execute('PRAGMA synchronous = FULL')
-    assert floor.execute('PRAGMA synchronous').fetchone()[0] == 2
-    assert floor.execute('PRAGMA journal_mode = WAL').fetchone()[0] == 'wal'
+    floor.execute('PRAGMA journal_mode = WAL')
     for statement in storage.MIGRATIONS[0]:
         floor.execute(statement)
 
     def insert(guid):
         stamp = storage.utc_iso()
         floor.execute('BEGIN IMMEDIATE')
-        floor.execute(storage.INSERT_MESSAGE, (guid, '84912345678', '84912345678', 'Xin chao 0',
-                                               'utf-8', query(guid), '{}', '127.0.0.1', stamp,
-                                               stamp, 'processed', None, stamp))
+        floor.execute(storage.INSERT_MESSAGE, (
+            guid, '84912345678', '84912345678', 'Xin chao ' + guid, 'utf-8', push_query(guid),
+            '{}', '127.0.0.1', stamp, stamp, 'processed', None, stamp))
         floor.execute('COMMIT')
 
-    def timed(fn, prefix):
+    def per_second(fn, prefix):
         start = time.perf_counter()
-        for i in range(args['batch']):
+        for i in range(batch):
             fn('%s-%d' % (prefix, i))
-        return args['batch'] / (time.perf_counter() - start)
+        return batch / (time.perf_counter() - start)
 
-    timed(push, 'warm-app')
-    timed(insert, 'warm-floor')
+    per_second(push, 'warm-app'), per_second(insert, 'warm-floor')
     app_rates, floor_rates = [], []
-    for r in range(args['rounds']):
+    for r in range(rounds):
         pair = [(app_rates, push, 'app-%d' % r), (floor_rates, insert, 'floor-%d' % r)]
         for rates, fn, prefix in (pair if r % 2 else pair[::-1]):
-            rates.append(timed(fn, prefix))
+            rates.append(per_second(fn, prefix))
     floor.close()
-
-    # The storage work of a CGI push: open, insert, close. Closing the last connection to a
-    # WAL database also checkpoints it and deletes the -wal file.
-    cgi_db, cgi_times = os.path.join(directory, 'cgi.sqlite3'), []
-    for i in range(60):
-        start = time.perf_counter()
-        conn = storage.connect(cgi_db)
-        storage.deliver(conn, {'guid': 'cgi-%d' % i, 'phone': '84912345678',
-                               'message': 'Xin chao 0', 'charset': 'utf-8',
-                               'raw_query': query('cgi-%d' % i)})
-        conn.close()
-        cgi_times.append(time.perf_counter() - start)
-    print(json.dumps({
-        'batch': args['batch'], 'rounds': args['rounds'],
-        'app_per_s': median(app_rates), 'floor_per_s': median(floor_rates),
-        'ratio': median([a / f for a, f in zip(app_rates, floor_rates)]),
-        'cgi_storage_ms': median(cgi_times[10:]) * 1e3,
-        'samples': {'app': app_rates, 'floor': floor_rates}}))
-    return 0
+    return {'rounds': rounds, 'batch': batch, 'app_per_s': median(app_rates),
+            'floor_per_s': median(floor_rates),
+            'ratio': median([a / f for a, f in zip(app_rates, floor_rates)]),
+            'samples': {'app': app_rates, 'floor': floor_rates}}
 
 
-# -- 3. Apache mod_wsgi -----------------------------------------------------------------------
+# -- 3. Servers -------------------------------------------------------------------------------
 
-WRK_SCRIPT = r'''
--- Unique guids (MODE "unique") or a duplicate-heavy mix (MODE "dup": DUP_SHARE of the
--- requests retry one of DUP_POOL guids stored beforehand).
-local counter = 0
-local next_id = 0
-function setup(thread)
-  next_id = next_id + 1
-  thread:set("tid", next_id)
-end
-function init(args)
-  math.randomseed(tid * 7919 + os.time())
-end
-function request()
-  counter = counter + 1
-  local guid
-  if MODE == "dup" and math.random() < DUP_SHARE then
-    guid = "dup-" .. math.random(0, DUP_POOL - 1)
-  else
-    guid = RUN .. "-" .. tid .. "-" .. counter
-  end
-  return wrk.format("GET", URL_PATH .. "?guid=" .. guid ..
-                    "&phone=84912345678&message=Xin+chao+" .. counter)
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "errors_connect": %d, ' ..
-    '"errors_read": %d, "errors_write": %d, "errors_status": %d, "errors_timeout": %d, ' ..
-    '"p50_us": %d, "p99_us": %d, "mean_us": %.1f}\n', summary.requests, summary.duration,
-    e.connect, e.read, e.write, e.status, e.timeout, latency:percentile(50),
-    latency:percentile(99), latency.mean))
-end
-'''
+def site_mod_wsgi(ws):
+    config = servers.snippet('apache-mod_wsgi.conf', [
+        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
+        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
+        ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
+        ('/srv/fibosms/app', ws.app), ('/srv/fibosms/data', ws.data),
+        ('change-me-to-a-long-random-secret', TOKEN)])
+    # Loopback HTTP: TLS would cost every page the same.
+    config = '\n'.join(line for line in config.splitlines() if not line.lstrip().startswith('SSL'))
+    return ['wsgi'], config, '/fibosms/' + TOKEN
 
 
-class Apache:
-    """A private Apache on 127.0.0.1 running one WSGI script under the shipped config."""
+def site_cgi(ws):
+    folder = ws.folder('www', 'fibosms')
+    ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'), folder + '/.htaccess', 0o644)
+    ws.write(folder + '/receiver.cgi', cgi_script(ws.app, ws.db), mode=0o755)
+    # On a shared host the script's owner runs it, and Python caches the bytecode of
+    # receiver.py and storage.py at the first push; here the code is root's: cache it now.
+    subprocess.run([PYTHON, '-m', 'compileall', '-q', ws.app], check=True)
+    return ['cgid'], 'ScriptSock %s/cgid.sock\n' % ws.run, '/fibosms/receiver.cgi/' + TOKEN
 
-    def __init__(self, workdir, name, script, python_home, daemon_options=None):
-        self.name, self.script, self.daemon_options = name, script, daemon_options
-        self.root = os.path.join(workdir, 'apache-' + name)
-        self.port = free_port()
-        self.user = 'www-data' if os.geteuid() == 0 else None
-        self.data = os.path.join(self.root, 'data')
-        self.db = os.path.join(self.data, 'messages.sqlite3')
-        for sub in ('logs', 'run', 'htdocs', 'data'):
-            os.makedirs(os.path.join(self.root, sub))
-        if self.user:
-            shutil.chown(self.data, self.user, self.user)
-        os.chmod(self.data, 0o700)
-        self.conf = os.path.join(self.root, 'httpd.conf')
-        with open(self.conf, 'w') as f:
-            f.write(self.config(python_home))
-        self.proc = None
 
-    def config(self, python_home):
-        with open(APACHE_CONF) as f:
-            shipped = f.read()
-        appdir, script = os.path.split(self.script)
-        daemon_user = 'user=%s group=%s' % (self.user, self.user) if self.user else ''
-        lines = []
-        for line in re.sub(r'\\\n\s*', ' ', shipped).splitlines():   # join continued lines
-            if re.match(r'\s*SSL', line):
-                continue        # loopback HTTP: TLS would cost both receivers the same
-            line = re.sub(r'<VirtualHost [^>]*>', '<VirtualHost *:%d>' % self.port, line)
-            line = re.sub(r'^(\s*)ServerName \S+', r'\1ServerName 127.0.0.1', line)
-            line = re.sub(r'^(\s*)DocumentRoot \S+',
-                          r'\1DocumentRoot ' + os.path.join(self.root, 'htdocs'), line)
-            line = line.replace('/srv/fibosms/app/receiver.py', self.script)
-            line = line.replace('<Files receiver.py>', '<Files %s>' % script)
-            line = line.replace('/srv/fibosms/app', appdir)
-            line = line.replace('/srv/fibosms/data', self.data)
-            line = line.replace('${APACHE_LOG_DIR}', os.path.join(self.root, 'logs'))
-            line = re.sub(r'SetEnv FIBOSMS_TOKEN \S+', 'SetEnv FIBOSMS_TOKEN ' + TOKEN, line)
-            if line.lstrip().startswith('WSGIDaemonProcess'):
-                line = re.sub(r'user=\S+ group=\S+', daemon_user, line)
-                if self.daemon_options:     # --wsgi-daemon: try other process/thread counts
-                    line = re.sub(r'processes=\d+ threads=\d+', self.daemon_options, line)
-                line += ' python-home=' + python_home
-            lines.append(line)
-        head = [
-            'ServerRoot %s' % self.root,
-            'DefaultRuntimeDir %s' % os.path.join(self.root, 'run'),
-            'PidFile %s' % os.path.join(self.root, 'run', 'httpd.pid'),
-            'Listen 127.0.0.1:%d' % self.port,
-            'ServerName 127.0.0.1',
-            'ErrorLog %s' % os.path.join(self.root, 'logs', 'error.log'),
-            'LogLevel warn',
-            'WSGISocketPrefix %s' % os.path.join(self.root, 'run', 'wsgi'),
-        ]
-        for module in ('mpm_event', 'authz_core', 'env', 'setenvif', 'wsgi'):
-            head.append('LoadModule %s_module %s/mod_%s.so' % (module, APACHE_MODULES, module))
-        if os.path.exists('/etc/apache2/mods-available/mpm_event.conf'):
-            head.append('Include /etc/apache2/mods-available/mpm_event.conf')  # Debian's stock
-        if self.user:
-            head += ['User %s' % self.user, 'Group %s' % self.user]
-        return '\n'.join(head + [''] + lines) + '\n'
+PHP_SITE = """\
+SetEnv FIBOSMS_TOKEN %s
+SetEnv FIBOSMS_DB %s
+<FilesMatch "\\.php$">
+    SetHandler %s
+</FilesMatch>
+"""
+# Debian's pool.d/www.conf, but for the socket and log paths.
+FPM_CONFIG = """\
+[global]
+pid = {run}/php-fpm.pid
+error_log = {logs}/php-fpm.log
+[www]
+user = {user}
+group = {group}
+listen = {run}/php-fpm.sock
+listen.owner = {user}
+listen.group = {group}
+pm = dynamic
+pm.max_children = 5
+pm.start_servers = 2
+pm.min_spare_servers = 1
+pm.max_spare_servers = 3
+"""
 
-    @property
-    def url_path(self):
-        return '/fibosms/' + TOKEN
+
+def site_php_fpm(ws):
+    ws.copy(PHP_PAGE, ws.folder('www', 'fibosms') + '/receiver.php', 0o644)
+    handler = '"proxy:unix:%s/php-fpm.sock|fcgi://localhost"' % ws.run
+    return ['proxy', 'proxy_fcgi'], PHP_SITE % (TOKEN, ws.db, handler), \
+        '/fibosms/receiver.php/' + TOKEN
+
+
+def site_php_cgi(ws):
+    ws.copy(PHP_PAGE, ws.folder('www', 'fibosms') + '/receiver.php', 0o644)
+    site = ('ScriptSock %s/cgid.sock\nScriptAlias /php-bin/ /usr/lib/cgi-bin/\n'
+            '<Directory /usr/lib/cgi-bin>\n    Require all granted\n</Directory>\n'
+            'Action application/x-httpd-php /php-bin/php\n' % ws.run)
+    return ['cgid', 'actions'], site + PHP_SITE % (TOKEN, ws.db, 'application/x-httpd-php'), \
+        '/fibosms/receiver.php/' + TOKEN
+
+
+class ControlGroup:
+    """A cgroup of its own for one server: ``with group:`` puts the processes started inside
+    in it; ``group.cpu_seconds()`` is their user + system time, of every process they start
+    too. (proc(5)'s cutime does not do: mod_cgid's daemon ignores SIGCHLD, which leaves the
+    CGI processes out of it.) cgroup v2's cpu.stat, else v1's cpuacct; needs root."""
+
+    def __init__(self, name):
+        with open('/proc/self/cgroup') as f:   # 0::/path (v2), N:cpu,cpuacct:/path (v1)
+            mine = dict(line.rstrip('\n').split(':', 2)[1:] for line in f)
+        with open('/proc/mounts') as f:
+            mounts = [line.split() for line in f]
+        found = [(point + mine[''], 'cpu.stat') for _, point, kind, *_ in mounts
+                 if kind == 'cgroup2' and '' in mine]
+        found += [(point + path, 'cpuacct.usage') for _, point, kind, options, *_ in mounts
+                  for names, path in mine.items() if kind == 'cgroup'
+                  and 'cpuacct' in names.split(',') and 'cpuacct' in options.split(',')]
+        if not found:
+            raise RuntimeError('no cgroup v2 or cpuacct hierarchy in /proc/mounts')
+        self.parent, self.usage = found[0]
+        self.path = os.path.join(self.parent, 'fibosms-bench-%s-%d' % (name, os.getpid()))
+        os.mkdir(self.path)
+
+    def __enter__(self):
+        self.move(self.path)
+
+    def __exit__(self, *exc):
+        self.move(self.parent)
+
+    def move(self, group):
+        with open(os.path.join(group, 'cgroup.procs'), 'w') as f:
+            f.write(str(os.getpid()))
+
+    def cpu_seconds(self):
+        with open(os.path.join(self.path, self.usage)) as f:
+            text = f.read()
+        if self.usage == 'cpu.stat':   # usage_usec N
+            return int(text.split('usage_usec')[1].split()[0]) / 1e6
+        return int(text) / 1e9          # nanoseconds
+
+    def remove(self):
+        try:
+            os.rmdir(self.path)
+        except OSError:     # a process left in it: leave the empty group to the system
+            pass
+
+
+class Server:
+    """One page on a private Apache (and, for php-fpm, a php-fpm master beside it)."""
+
+    def __init__(self, name, site, code):
+        self.name, self.fpm, self.group = name, None, None
+        self.ws = servers.Workspace('bench-' + name)
+        copy_code(code, self.ws.app)
+        modules, config, self.path = site(self.ws)
+        host = ('<Directory %s>\n    Options SymLinksIfOwnerMatch\n    AllowOverride All\n'
+                '    Require all granted\n</Directory>\nDocumentRoot %s\n'
+                % (self.ws.www, self.ws.www))
+        self.apache = servers.Apache(self.ws, modules, host + config)
+        if name == 'php-fpm':
+            self.fpm_config = self.ws.write(os.path.join(self.ws.base, 'php-fpm.conf'),
+                                            FPM_CONFIG.format(run=self.ws.run, logs=self.ws.logs,
+                                                              user=self.ws.user,
+                                                              group=self.ws.group))
 
     def start(self):
-        check = subprocess.run(['apache2', '-t', '-f', self.conf], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError('apache config for %s: %s' % (self.name, check.stderr))
-        self.proc = subprocess.Popen(['apache2', '-f', self.conf, '-DFOREGROUND'],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while True:
-            try:
-                if self.get('warm-0') == (200, DONE):
-                    return
-            except OSError:
-                pass
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError('apache for %s did not answer; see %s'
-                                   % (self.name, os.path.join(self.root, 'logs')))
-            time.sleep(0.2)
+        self.group = ControlGroup(self.name)
+        with self.group:
+            if self.name == 'php-fpm':
+                self.fpm = subprocess.Popen(
+                    [sorted(glob.glob('/usr/sbin/php-fpm*'))[-1], '--nodaemonize',
+                     '--fpm-config', self.fpm_config], env=servers.SERVER_ENV,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.apache.start()
+        self.url = 'http://127.0.0.1:%d%s' % (self.apache.port, self.path)
+        for i in range(100):     # the pushes the retry mix resends (and a check of the page)
+            answer = servers.get('%s?%s' % (self.url, push_query('retry-%d' % i)))
+            if (answer.status, answer.body) != (200, DONE):
+                raise RuntimeError('%s answered %r; see %s' % (self.name, answer, self.ws.logs))
+        return self
 
-    def get(self, guid):
-        url = 'http://127.0.0.1:%d%s?%s' % (self.port, self.url_path, query(guid))
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+    def wrk(self, mode, run, connections, seconds):
+        before = self.group.cpu_seconds()
+        out = subprocess.run(
+            ['wrk', '-t%d' % min(connections, 2), '-c%d' % connections, '-d%ds' % seconds,
+             '--timeout', '10s', '-s', MIX, self.url, '--', mode, run],
+            stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+        cpu = self.group.cpu_seconds() - before
+        result = json.loads(out.split('BENCH ', 1)[1])
+        result.update(per_s=result['requests'] / (result['us'] / 1e6),
+                      cpu_ms=cpu * 1e3 / max(result['requests'], 1))
+        return result
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def daemon_pids(self):
-        """The mod_wsgi daemon processes: children of this Apache named (wsgi:...)."""
-        pids = []
-        for entry in os.listdir('/proc'):
-            if not entry.isdigit():
-                continue
-            try:
-                with open('/proc/%s/stat' % entry) as f:
-                    ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-                with open('/proc/%s/cmdline' % entry, 'rb') as f:
-                    cmdline = f.read()
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.proc.pid and cmdline.startswith(b'(wsgi:'):
-                pids.append(int(entry))
-        return sorted(pids)
-
-    def memory(self):
-        """{pid: (VmRSS KiB, VmHWM KiB)} of the daemon processes."""
-        out = {}
-        for pid in self.daemon_pids():
-            with open('/proc/%d/status' % pid) as f:
-                fields = dict(line.split(':', 1) for line in f if ':' in line)
-            out[pid] = tuple(int(fields[k].split()[0]) for k in ('VmRSS', 'VmHWM'))
-        return out
-
-    def count_rows(self, python):
-        """Messages stored, read as the daemon's user (a root-owned -shm would lock it out)."""
-        code = ('import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); '
-                'print(*c.execute("SELECT count(*), coalesce(sum(deliveries), 0) FROM messages")'
-                '.fetchone())')
-        kwargs = {'user': self.user, 'group': self.user} if self.user else {}
-        out = subprocess.run([python, '-c', code, self.db], capture_output=True, text=True,
-                             check=True, **kwargs).stdout.split()
-        return int(out[0]), int(out[1])
-
-    def error_lines(self):
-        lines = []
-        for name in os.listdir(os.path.join(self.root, 'logs')):
-            if name.endswith('error.log'):
-                with open(os.path.join(self.root, 'logs', name), errors='replace') as f:
-                    lines += [line.rstrip() for line in f
-                              if 'Traceback' in line or ' 503 ' in line or 'Error' in line]
-        return lines
+        self.apache.stop()
+        servers.stop_process(self.fpm)
+        self.ws.remove()
+        if self.group:
+            self.group.remove()
 
 
-def run_wrk(server, lua, mode, run, connections, seconds):
-    threads = min(connections, 2)
-    settings = ('MODE = "%s"\nRUN = "%s"\nURL_PATH = "%s"\nDUP_SHARE = 0.9\nDUP_POOL = 100\n'
-                % (mode, run, server.url_path))
-    script = lua + '.%s.lua' % run
-    with open(script, 'w') as f:
-        f.write(settings + WRK_SCRIPT)
-    cmd = ['wrk', '-t%d' % threads, '-c%d' % connections, '-d%ds' % seconds, '--timeout', '10s',
-           '--latency', '-s', script, 'http://127.0.0.1:%d/' % server.port]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    found = re.search(r'^BENCH (\{.*\})$', proc.stdout, re.M)
-    if not found:
-        raise RuntimeError('wrk gave no result: %s %s' % (proc.stdout, proc.stderr))
-    result = json.loads(found.group(1))
-    result['per_s'] = result['requests'] / (result['duration_us'] / 1e6)
-    result['errors'] = sum(v for k, v in result.items() if k.startswith('errors_'))
-    return result
-
-
-def bench_apache(python, workdir, rounds, seconds, levels, memory_pushes, daemon_options=None):
-    """Parts 3 and 4 (the daemon half)."""
-    for tool in ('apache2', 'wrk'):
-        if not shutil.which(tool):
-            return {'skipped': '%s not found (apt-get install apache2 '
-                               'libapache2-mod-wsgi-py3 wrk)' % tool}
-    if not os.path.exists(os.path.join(APACHE_MODULES, 'mod_wsgi.so')):
-        return {'skipped': 'mod_wsgi not found (apt-get install libapache2-mod-wsgi-py3)'}
-    if not os.path.exists(APACHE_CONF):
-        return {'skipped': '%s not found' % APACHE_CONF}
-    ensure_venv()
-    appdir = os.path.join(workdir, 'wsgi-app')     # like /srv/fibosms/app: root's, mode 644
-    os.makedirs(appdir)
-    for path in (os.path.join(CODE, 'receiver.py'), os.path.join(CODE, 'storage.py'), PEER):
-        shutil.copy(path, appdir)
-    servers = [Apache(workdir, 'receiver', os.path.join(appdir, 'receiver.py'), VENV,
-                      daemon_options),
-               Apache(workdir, 'flask', os.path.join(appdir, 'flask_receiver.py'), VENV,
-                      daemon_options)]
-    lua = os.path.join(workdir, 'wrk')
-    with open(servers[0].conf) as f:
-        daemon = re.search(r'WSGIDaemonProcess .*', f.read()).group(0)
-    result = {'levels': levels, 'seconds': seconds, 'rounds': rounds, 'daemon': daemon,
-              'runs': []}
+def bench_servers(code, rounds, seconds, levels):
+    sites = {'mod_wsgi': site_mod_wsgi, 'php-fpm': site_php_fpm, 'cgi': site_cgi,
+             'php-cgi': site_php_cgi}
+    running, runs = [], []
     try:
-        for server in servers:
-            server.start()
-        for server in servers:      # the 100 guids the duplicate mix retries, then warm up
-            for i in range(100):
-                if server.get('dup-%d' % i) != (200, DONE):
-                    raise RuntimeError('%s did not store dup-%d' % (server.name, i))
-            run_wrk(server, lua, 'unique', 'warm-%s' % server.name, 8, 2)
+        for name, site in sites.items():
+            running.append(Server(name, site, code))
+            running[-1].start()
+        for server in running:
+            server.wrk('unique', 'warm-' + server.name, 4, 1)
         for r in range(rounds):
-            for mode in ('unique', 'dup'):
+            for mode in ('unique', 'retry'):
                 for c in levels:
-                    order = servers if (r + levels.index(c)) % 2 == 0 else servers[::-1]
-                    for server in order:
-                        run = 'r%d-%s-c%d-%s' % (r, mode, c, server.name)
-                        out = run_wrk(server, lua, mode, run, c, seconds)
+                    turn = (r + levels.index(c)) % len(running)
+                    for server in running[turn:] + running[:turn]:
+                        out = server.wrk(mode, 'r%d-%s-%d' % (r, mode, c), c, seconds)
                         out.update(server=server.name, mode=mode, connections=c, round=r)
-                        result['runs'].append(out)
-                        say('  %-8s %-6s c=%-3d %7.0f/s p50 %6.2f ms p99 %6.2f ms errors %d'
-                            % (server.name, mode, c, out['per_s'], out['p50_us'] / 1e3,
-                               out['p99_us'] / 1e3, out['errors']))
-        result['summary'] = summarise_apache(result['runs'], levels)
-        # Memory: RSS of each daemon process now (warm), then after `memory_pushes` more
-        # unique pushes per process (counted in the database), in runs of 5 s.
-        result['memory'] = {}
-        for server in servers:
-            before = server.memory()
-            processes = max(len(before), 1)
-            start_rows, deadline = server.count_rows(python)[0], time.time() + 300
-            n = 0
-            while server.count_rows(python)[0] - start_rows < memory_pushes * processes \
-                    and time.time() < deadline:
-                n += 1
-                run_wrk(server, lua, 'unique', 'mem-%s-%d' % (server.name, n), 8, 5)
-            pushes = (server.count_rows(python)[0] - start_rows) // processes
-            after = server.memory()
-            result['memory'][server.name] = {
-                'pushes_per_process': pushes, 'processes': processes,
-                'rss_before_kib': max(v[0] for v in before.values()),
-                'rss_after_kib': max(v[0] for v in after.values()),
-                'peak_rss_kib': max(v[1] for v in after.values()),
-                'growth_kib': max(after[p][0] - before[p][0] for p in after if p in before),
-                'per_process': {str(p): {'before': before.get(p), 'after': after[p]}
-                                for p in after}}
-        for server in servers:
-            result.setdefault('rows', {})[server.name] = server.count_rows(python)
-            result.setdefault('error_log', {})[server.name] = server.error_lines()[-20:]
+                        runs.append(out)
+                        say('  %-8s %-6s c=%-3d %6.0f/s p50 %6.2f ms p99 %7.2f ms CPU %5.2f ms '
+                            'errors %d' % (server.name, mode, c, out['per_s'],
+                                           out['p50_us'] / 1e3, out['p99_us'] / 1e3,
+                                           out['cpu_ms'], out['errors']))
     finally:
-        for server in servers:
+        for server in running:
             server.stop()
-    return result
-
-
-def summarise_apache(runs, levels):
     summary = {}
-    for mode in ('unique', 'dup'):
+    for mode in ('unique', 'retry'):
         for c in levels:
-            pick = {name: [x for x in runs if x['server'] == name and x['mode'] == mode
-                           and x['connections'] == c] for name in ('receiver', 'flask')}
-            row = {}
-            for name, xs in pick.items():
-                row[name] = {'per_s': median([x['per_s'] for x in xs]),
-                             'p50_ms': median([x['p50_us'] for x in xs]) / 1e3,
-                             'p99_ms': median([x['p99_us'] for x in xs]) / 1e3,
-                             'errors': sum(x['errors'] for x in xs)}
-            pairs = list(zip(pick['receiver'], pick['flask']))
-            row['rps_ratio'] = median([a['per_s'] / b['per_s'] for a, b in pairs])
-            row['p99_ratio'] = median([a['p99_us'] / b['p99_us'] for a, b in pairs])
+            pick = {name: [x for x in runs if (x['server'], x['mode'], x['connections'])
+                           == (name, mode, c)] for name in sites}
+            row = {name: dict({key: median([x[key] for x in xs])
+                               for key in ('per_s', 'p50_us', 'p99_us', 'cpu_ms')},
+                              errors=sum(x['errors'] for x in xs))
+                   for name, xs in pick.items()}
+            for ours, peer in PAIRS:
+                pairs = list(zip(pick[ours], pick[peer]))
+                row[ours + '/' + peer] = {key: median([a[key] / b[key] for a, b in pairs])
+                                          for key in ('per_s', 'p99_us', 'cpu_ms')}
             summary['%s c=%d' % (mode, c)] = row
-    return summary
-
-
-def ensure_venv():
-    """bench/.venv: /usr/bin/python3's venv with Flask, for the peer under mod_wsgi."""
-    python = os.path.join(VENV, 'bin', 'python')
-    if os.path.exists(python) and subprocess.run([python, '-c', 'import flask'],
-                                                 capture_output=True).returncode == 0:
-        return
-    say('creating %s with Flask (pip install flask) ...' % VENV)
-    subprocess.run(['/usr/bin/python3', '-m', 'venv', VENV], check=True)
-    subprocess.run([python, '-m', 'pip', 'install', '--quiet', 'flask'], check=True)
+    return {'rounds': rounds, 'seconds': seconds, 'levels': levels, 'summary': summary,
+            'runs': runs}
 
 
 # -- The table --------------------------------------------------------------------------------
 
-def fmt(value, spec='%.2f'):
-    return '-' if value is None else spec % value
+def machine(work):
+    import platform
 
+    def first_line(*command):
+        return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True).stdout.strip().splitlines()[0]
 
-def verdict(ok):
-    return 'met' if ok else 'MISSED'
+    with open('/proc/cpuinfo') as f:
+        cpu = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    return {
+        'cpus': os.cpu_count(), 'cpu': cpu[0] if cpu else None, 'kernel': platform.release(),
+        'filesystem': ' on '.join(first_line('findmnt', '-no', 'FSTYPE,SOURCE', '-T', work)
+                                  .split()),
+        'python': first_line(PYTHON, '-c', 'import sys, sqlite3; print(sys.version.split()[0],'
+                                           ' "SQLite", sqlite3.sqlite_version)'),
+        'apache': first_line('apache2', '-v').split(': ')[-1],
+        'php': first_line('php-cgi', '-v').split(' (built')[0],
+        'mod_wsgi': first_line('dpkg-query', '-W', '-f', '${Version}',
+                                'libapache2-mod-wsgi-py3'),
+        'wrk': first_line('wrk', '--version').split(' [')[0],
+        'hyperfine': first_line('hyperfine', '-V')}
 
 
 def table(results):
-    m, lines = results['machine'], []
-    lines.append('Machine: %s CPU(s), %s; %s; Python %s, SQLite %s; %s'
-                 % (m['nproc'], m['cpu'], m['filesystem'], m['python_version'],
-                    m['sqlite_version'], m.get('apache') or 'no Apache'))
+    lines = ['Machine: ' + '; '.join('%s %s' % item for item in results['machine'].items())]
     cgi = results.get('cgi')
     if cgi:
-        ratio = cgi['receiver.py_wall_ratio']
-        lines += ['', '1. CGI cold start (median of %d interleaved rounds)' % cgi['rounds'],
-                  '   %-34s %9s %9s %8s' % ('', 'wall ms', 'CPU ms', 'x pass'),
-                  '   %-34s %9s %9s %8s' % ('python3 -c pass', fmt(cgi['pass_wall_ms']),
-                                            fmt(cgi['pass_cpu_ms']), '1.00')]
-        for name in ('receiver.py', 'receiver.cgi'):
-            if name + '_wall_ms' in cgi:
-                lines.append('   %-34s %9s %9s %8s' % (
-                    'push via python3 ' + name, fmt(cgi[name + '_wall_ms']),
-                    fmt(cgi[name + '_cpu_ms']), fmt(cgi[name + '_wall_ratio'])))
-        lines.append('   target <= %.1fx (receiver.py, wall): %s'
-                     % (TARGETS['cgi_ratio_max'], verdict(ratio <= TARGETS['cgi_ratio_max'])))
-        lines.append('   compiling receiver.py (a script is compiled at every start): %.1f ms'
-                     % cgi['receiver.py_compile_ms'])
-        lines.append('   imports beyond the bare interpreter: %.1f ms (-X importtime, inflated)'
-                     % (cgi['imports_total_us'] / 1e3) + '; top: ' + ', '.join(
-                         '%s %.1f' % (name, us / 1e3) for name, us in cgi['imports_top_level'][:4]))
+        lines += ['', '1. One push as a CGI process (hyperfine, median of %d rounds of %d runs)'
+                  % (cgi['rounds'], cgi['runs']),
+                  '   %-24s %8s %8s %8s %8s' % ('', 'wall ms', 'x pass', 'CPU ms', 'x pass')]
+        for name in ('python3 -c pass', 'python3 receiver.py', 'python3 receiver.cgi',
+                     'php-cgi receiver.php'):
+            x = cgi[name]
+            lines.append('   %-24s %8.2f %8.2f %8.2f %8.2f' % (
+                name, x['wall_ms'], x['wall_x_pass'], x['cpu_ms'], x['cpu_x_pass']))
     inproc = results.get('inprocess')
     if inproc:
-        lines += ['', '2. In-process, unique guids, durable (median of %d interleaved rounds of %d)'
-                  % (inproc['rounds'], inproc['batch']),
-                  '   WSGI callable %s pushes/s; raw sqlite3 floor %s inserts/s; ratio %s; '
-                  'target >= %.1fx: %s' % (
-                      fmt(inproc['app_per_s'], '%.0f'), fmt(inproc['floor_per_s'], '%.0f'),
-                      fmt(inproc['ratio']), TARGETS['inprocess_ratio_min'],
-                      verdict(inproc['ratio'] >= TARGETS['inprocess_ratio_min'])),
-                  '   per push: %.0f us, the floor %.0f us; a CGI push\'s storage work (open, insert,'
-                  ' close): %.2f ms' % (1e6 / inproc['app_per_s'], 1e6 / inproc['floor_per_s'],
-                                        inproc['cgi_storage_ms'])]
-    apache = results.get('apache')
-    if apache and 'summary' in apache:
-        found = re.search(r'processes=(\d+) threads=(\d+)', apache['daemon'])
-        lines += ['', '3. Apache mod_wsgi daemon mode (%s processes x %s threads), wrk on '
-                  '127.0.0.1,'
-                  ' %ds runs, median of %d rounds' % ((found.groups() if found else ('?', '?'))
-                                                       + (apache['seconds'], apache['rounds'])),
-                  '   %-11s %21s %21s %21s %7s %7s' % (
-                      'load', 'receiver /s p50 p99', 'flask /s p50 p99', '', 'x rps', 'x p99')]
-        ok = True
-        for key, row in apache['summary'].items():
-            cells = ['%7.0f %6.2f %6.2f' % (row[n]['per_s'], row[n]['p50_ms'], row[n]['p99_ms'])
-                     for n in ('receiver', 'flask')]
-            lines.append('   %-11s %s %s %s %7.2f %7.2f%s' % (
-                key, cells[0], cells[1], ' ' * 21, row['rps_ratio'], row['p99_ratio'],
-                '' if not (row['receiver']['errors'] or row['flask']['errors'])
-                else '  errors %d/%d' % (row['receiver']['errors'], row['flask']['errors'])))
-            ok = ok and row['rps_ratio'] >= TARGETS['apache_rps_ratio_min'] and row['p99_ratio'] < 1
-        lines.append('   (latency in ms; x = receiver / flask) target >= %.1fx throughput and a '
-                     'lower p99 at every level: %s'
-                     % (TARGETS['apache_rps_ratio_min'], verdict(ok)))
-    elif apache:
-        lines += ['', '3. Apache mod_wsgi: skipped: %s' % apache.get('skipped')]
-    lines += ['', '4. Memory']
-    if cgi and cgi.get('receiver.py_peak_rss_kib'):
-        lines.append('   one CGI push: peak RSS %.1f MiB (python3 -c pass: %.1f MiB)'
-                     % (cgi['receiver.py_peak_rss_kib'] / 1024, cgi['pass_peak_rss_kib'] / 1024))
-    if apache and 'memory' in apache:
-        for name, mem in apache['memory'].items():
-            lines.append('   %-8s daemon process: RSS %.1f MiB warm, %.1f MiB after %d more pushes'
-                         ' each (growth %+d KiB), peak %.1f MiB'
-                         % (name, mem['rss_before_kib'] / 1024, mem['rss_after_kib'] / 1024,
-                            mem['pushes_per_process'], mem['growth_kib'],
-                            mem['peak_rss_kib'] / 1024))
+        lines += ['', '2. In-process (median of %d rounds of %d): WSGI callable %.0f pushes/s, '
+                  'raw sqlite3 %.0f inserts/s: %.2fx' % (inproc['rounds'], inproc['batch'],
+                                                         inproc['app_per_s'],
+                                                         inproc['floor_per_s'], inproc['ratio'])]
+    srv = results.get('servers')
+    if srv:
+        lines += ['', '3. Apache on 127.0.0.1, wrk %d s per load, median of %d rounds; '
+                  'pushes/s, p50 and p99 ms, CPU ms per push; x: receiver / PHP'
+                  % (srv['seconds'], srv['rounds'])]
+        for ours, peer in PAIRS:
+            lines.append('   %-12s %-30s %-30s %5s %5s %5s' % (
+                'load', ours, peer, 'x/s', 'x p99', 'x CPU'))
+            for load, row in srv['summary'].items():
+                cells = ['%6.0f %6.2f %7.2f %6.2f%s' % (
+                    row[n]['per_s'], row[n]['p50_us'] / 1e3, row[n]['p99_us'] / 1e3,
+                    row[n]['cpu_ms'], ' !%d' % row[n]['errors'] if row[n]['errors'] else '  ')
+                         for n in (ours, peer)]
+                x = row[ours + '/' + peer]
+                lines.append('   %-12s %-30s %-30s %5.2f %5.2f %5.2f' % (
+                    load, cells[0], cells[1], x['per_s'], x['p99_us'], x['cpu_ms']))
     return '\n'.join(lines)
 
 
-# -- Main -------------------------------------------------------------------------------------
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--python', default=default_python(),
-                        help='the interpreter measured (default: %(default)s)')
     parser.add_argument('--quick', action='store_true', help='fewer rounds, shorter runs')
-    parser.add_argument('--parts', default='cgi,inprocess,apache',
-                        help='which parts to run, comma-separated (%(default)s)')
+    parser.add_argument('--parts', default='cgi,inprocess,servers', help='(%(default)s)')
     parser.add_argument('--levels', default='1,4,16', help='wrk connections (%(default)s)')
-    parser.add_argument('--wsgi-daemon', metavar='OPTIONS',
-                        help="e.g. 'processes=1 threads=10' instead of the shipped config's")
-    parser.add_argument('--tmpdir', help='where databases go (default: the system temp dir)')
     parser.add_argument('--code', default=ROOT,
-                        help='the folder receiver.py and storage.py are taken from (%(default)s)')
-    parser.add_argument('--worker-inprocess', help=argparse.SUPPRESS)
+                        help='the folder receiver.py and storage.py come from (%(default)s)')
     args = parser.parse_args(argv)
-    global CODE
-    CODE = os.path.abspath(args.code)
-    if args.worker_inprocess:
-        return inprocess_worker(json.loads(args.worker_inprocess))
-    quick, parts = args.quick, args.parts.split(',')
-    workdir = tempfile.mkdtemp(prefix='fibosms-bench-', dir=args.tmpdir)
-    os.chmod(workdir, 0o755)     # the Apache daemons' user must reach the files inside
-    if 'apache' in parts and shutil.which('apache2'):
-        ensure_venv()
+    code, quick, parts = os.path.abspath(args.code), args.quick, args.parts.split(',')
+    work = tempfile.mkdtemp(prefix='fibosms-bench-')
     started = time.time()
     results = {'started': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started)),
                'command': ' '.join(['python3', 'bench/run.py'] + sys.argv[1:]),
-               'targets': TARGETS, 'machine': machine(args.python, workdir)}
+               'commit': subprocess.run(['git', '-C', code, 'describe', '--always', '--dirty'],
+                                        stdout=subprocess.PIPE, universal_newlines=True
+                                        ).stdout.strip(),
+               'machine': machine(work)}
     try:
-        commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
-                                capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', ROOT, 'status', '--porcelain', '--',
-                                'receiver.py', 'storage.py'], capture_output=True,
-                               text=True).stdout.strip()
-        results['commit'] = commit + (' (receiver.py/storage.py modified)' if dirty else '')
-        results['code'] = CODE
         if 'cgi' in parts:
-            say('1. CGI cold start ...')
-            results['cgi'] = bench_cgi(args.python, workdir, 12 if quick else 40)
+            say('1. CGI processes ...')
+            results['cgi'] = bench_cgi(work, code, 3 if quick else 10, 10 if quick else 30)
         if 'inprocess' in parts:
             say('2. In-process ...')
-            results['inprocess'] = bench_inprocess(args.python, workdir, 3 if quick else 15,
+            results['inprocess'] = bench_inprocess(work, code, 3 if quick else 15,
                                                    200 if quick else 500)
-        if 'apache' in parts:
-            say('3. Apache mod_wsgi ...')
-            try:
-                results['apache'] = bench_apache(
-                    args.python, workdir, 1 if quick else 3, 2 if quick else 4,
-                    [int(c) for c in args.levels.split(',')], 1000 if quick else 10000,
-                    args.wsgi_daemon)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                results['apache'] = {'skipped': 'failed: %s' % exc}
+        if 'servers' in parts:
+            say('3. Servers ...')
+            results['servers'] = bench_servers(code, 1 if quick else 3, 2 if quick else 4,
+                                               [int(c) for c in args.levels.split(',')])
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    results['seconds'] = round(time.time() - started, 1)
-    text = table(results)
-    print(text)
-    results['table'] = text
-    os.makedirs(RESULTS, exist_ok=True)
-    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))
-    for name in ('latest.json', 'run-%s.json' % stamp):
-        with open(os.path.join(RESULTS, name), 'w') as f:
-            json.dump(results, f, indent=1, default=str)
-    say('written: %s' % os.path.join(RESULTS, 'run-%s.json' % stamp))
+        shutil.rmtree(work, ignore_errors=True)
+    results['seconds'] = round(time.time() - started)
+    results['table'] = table(results)
+    print(results['table'])
+    os.makedirs(os.path.join(HERE, 'results'), exist_ok=True)
+    for name in ('latest.json', 'run-%s.json' % results['started'].replace(':', '')):
+        with open(os.path.join(HERE, 'results', name), 'w') as f:
+            json.dump(results, f, indent=1)
     return 0
 
 

@@ -1,0 +1,133 @@
+"""receiver.serve_cgi, the CGI gateway, against wsgiref.handlers.CGIHandler as the oracle: the
+same request (environment bytes and stdin) to a real process of each gives the same bytes out,
+and the same WSGI environ, non-ASCII paths and odd bytes included."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DONE, RETRY, ROOT
+
+GATEWAYS = {
+    'serve_cgi': 'receiver.serve_cgi(app)',
+    'CGIHandler': 'from wsgiref.handlers import CGIHandler; CGIHandler().run(app)',
+}
+TOKEN = 'gateway-secret'
+# An app that answers with the environ it was given, but the objects that differ by nature
+# (streams) and wsgiref's optional wsgi.file_wrapper, which serve_cgi does not offer.
+ENVIRON_APP = '''
+def app(environ, start_response):
+    shown = {k: v for k, v in environ.items()
+             if k not in ('wsgi.input', 'wsgi.errors', 'wsgi.file_wrapper')}
+    body = repr(sorted(shown.items())).encode('utf-8', 'backslashreplace')
+    start_response('200 OK', [('Content-Type', 'text/plain'),
+                              ('Content-Length', str(len(body)))])
+    return [body]
+'''
+
+
+def run_gateway(gateway, app, request, db, body=b'', locale='C.UTF-8'):
+    """One CGI process of `gateway` serving `app` ('receiver' or 'environ'): (stdout, stderr).
+
+    `request` holds the request's variables as bytes, as a web server passes them.
+    """
+    if app == 'receiver':
+        make = 'app = receiver.make_app(db=%r, token=%r)' % (db, TOKEN)
+    else:
+        make = ENVIRON_APP
+    code = 'import sys; sys.path.insert(0, %r); import receiver\n%s\n%s' % (
+        ROOT, make, GATEWAYS[gateway])
+    env = {b'PATH': b'/usr/bin:/bin', b'LC_ALL': locale.encode(), b'GATEWAY_INTERFACE': b'CGI/1.1',
+           b'SERVER_NAME': b'sms.example.com', b'SERVER_PORT': b'443',
+           b'SERVER_PROTOCOL': b'HTTP/1.1', b'REMOTE_ADDR': b'192.0.2.10',
+           b'SCRIPT_NAME': b'/cgi-bin/receiver.py', b'REQUEST_METHOD': b'GET'}
+    env.update(request)
+    if body:
+        env[b'CONTENT_LENGTH'] = str(len(body)).encode()
+    for name in (b'PYTHONPATH', b'LD_LIBRARY_PATH'):    # an old SQLite under test stays in
+        if name in os.environb:
+            env[name] = os.environb[name]
+    done = subprocess.run([sys.executable, '-c', code], env=env, input=body,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr
+
+
+PUSH = b'guid=g-1&phone=0912345678&message=Xin+ch%C3%A0o'
+REQUESTS = {
+    'push': {b'QUERY_STRING': PUSH, b'PATH_INFO': b'/' + TOKEN.encode()},
+    'retry-over-https': {b'QUERY_STRING': PUSH, b'PATH_INFO': b'/' + TOKEN.encode(),
+                         b'HTTPS': b'on'},
+    'post-form': {b'REQUEST_METHOD': b'POST', b'PATH_INFO': b'/' + TOKEN.encode(),
+                  b'CONTENT_TYPE': b'application/x-www-form-urlencoded'},
+    'wrong-token': {b'QUERY_STRING': PUSH, b'PATH_INFO': b'/wrong'},
+    'no-guid': {b'QUERY_STRING': b'phone=0912345678', b'PATH_INFO': b'/' + TOKEN.encode()},
+    'method': {b'REQUEST_METHOD': b'DELETE', b'PATH_INFO': b'/' + TOKEN.encode()},
+    'utf-8-path': {b'QUERY_STRING': PUSH, b'PATH_INFO': '/Đà Nẵng/'.encode() + TOKEN.encode()},
+    'latin-1-query': {b'QUERY_STRING': b'guid=g-2&phone=0912345678&message=caf\xe9',
+                      b'PATH_INFO': b'/' + TOKEN.encode()},
+}
+
+
+@pytest.mark.parametrize('name', sorted(REQUESTS))
+def test_serve_cgi_answers_as_cgihandler(tmp_path, name):
+    """Status line, headers and body of each request are byte for byte CGIHandler's."""
+    body = PUSH if name == 'post-form' else b''
+    outs = {gateway: run_gateway(gateway, 'receiver', REQUESTS[name],
+                                 str(tmp_path / gateway / 'messages.sqlite3'), body)[0]
+            for gateway in GATEWAYS}
+    assert outs['serve_cgi'] == outs['CGIHandler']
+    assert outs['serve_cgi'].startswith(b'Status: ')
+    assert outs['serve_cgi'].endswith(RETRY if name in ('wrong-token', 'no-guid', 'method')
+                                      else DONE)
+
+
+@pytest.mark.parametrize('locale', ['C.UTF-8', 'C'])
+def test_serve_cgi_environ_transcoded_as_cgihandler(tmp_path, locale):
+    """Request variables carry their bytes as latin-1 text, the others stay as Python read
+    them, under a UTF-8 and an ASCII locale: the same environ as CGIHandler's."""
+    path = '/Đà Nẵng/😊'.encode() + b'/\xff'
+    request = {b'PATH_INFO': path, b'QUERY_STRING': b'a=%C3\xe9',
+               b'HTTP_X_NOTE': 'Tôi'.encode(), b'REDIRECT_QUERY_STRING': b'q=\xc3\xa0',
+               b'SSL_CLIENT_S_DN': 'CN=Đà'.encode(), b'HTTPS': b'yes',
+               b'FIBOSMS_DB': '/srv/dữ liệu/messages.sqlite3'.encode()}
+    outs = {gateway: run_gateway(gateway, 'environ', request, None, locale=locale)[0]
+            for gateway in GATEWAYS}
+    assert outs['serve_cgi'] == outs['CGIHandler']
+    shown = outs['serve_cgi'].partition(b'\r\n\r\n')[2].decode('utf-8')
+    assert repr(('PATH_INFO', path.decode('latin-1'))) in shown
+    assert "('wsgi.url_scheme', 'https')" in shown
+    assert "('wsgi.run_once', True)" in shown
+
+
+def test_serve_cgi_app_that_raises_answers_503_status_1(tmp_path):
+    """An app that raises before it answers gets 503 <Status>1</Status>, the traceback on
+    stderr (CGIHandler would answer an HTML 500)."""
+    code = ('import sys; sys.path.insert(0, %r); import receiver\n'
+            'def app(environ, start_response):\n    raise ValueError("boom")\n'
+            'receiver.serve_cgi(app)' % ROOT)
+    done = subprocess.run([sys.executable, '-c', code], env={'PATH': '/usr/bin:/bin',
+                          'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET'},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b'Status: 503 Service Unavailable\r\n')
+    assert done.stdout.endswith(b'\r\n\r\n' + RETRY)
+    assert b'ValueError: boom' in done.stderr
+
+
+def test_cgi_push_imports_neither_re_nor_wsgiref(tmp_path):
+    """A push as CGI imports no module it does not need: not re, not wsgiref."""
+    script = os.path.join(ROOT, 'receiver.py')
+    code = ('import sys; sys.argv = [%r]; exec(compile(open(%r).read(), %r, "exec"), '
+            '{"__name__": "__main__", "__file__": %r}); '
+            'sys.stderr.write(" ".join(sorted(sys.modules)))' % ((script,) * 4))
+    env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
+           'QUERY_STRING': PUSH.decode(), 'FIBOSMS_DB': str(tmp_path / 'messages.sqlite3')}
+    env.update({k: v for k, v in os.environ.items() if k in ('LD_LIBRARY_PATH',)})
+    done = subprocess.run([sys.executable, '-S', '-c', code], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert done.stdout.endswith(DONE), done.stderr
+    modules = done.stderr.decode().split()
+    for name in ('re', 'wsgiref', 'threading', 'json', 'ipaddress', 'hmac', 'traceback'):
+        assert name not in modules, name
