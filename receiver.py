@@ -72,6 +72,9 @@ MAX_PHONE = 32                  # characters
 HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
 CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
 HEX = frozenset(b'0123456789abcdefABCDEF')
+PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
+    'change-me-to-a-long-random-secret', 'secret', '<this secret>', 'change-me', 'changeme')
+PROXY_HEADERS = ('HTTP_X_FORWARDED_FOR', 'HTTP_FORWARDED', 'HTTP_X_REAL_IP')
 SETTINGS = {                    # make_app() argument -> environment variable
     'db': 'FIBOSMS_DB', 'token': 'FIBOSMS_TOKEN', 'allow': 'FIBOSMS_ALLOW',
     'trusted_proxies': 'FIBOSMS_TRUSTED_PROXIES', 'handler': 'FIBOSMS_HANDLER',
@@ -151,9 +154,43 @@ def settings(environ, given):
         if value is None:
             value = environ.get(variable) or os.environ.get(variable) or None
         config[name] = value
+    if config['token'] is None and given['token'] is None:
+        # Set but empty is not "no token": an empty line in a settings file would turn the
+        # check off without a word. Keep the '' so that check_settings refuses it.
+        config['token'] = environ.get('FIBOSMS_TOKEN', os.environ.get('FIBOSMS_TOKEN'))
     if config['db'] is None:
         config['db'] = storage.default_path()
     return config
+
+
+def check_settings(config, environ, remote):
+    """Reject(503) for a setting that would leave the page open: a secret that is set but
+    empty or still the shipped placeholder, or, with neither secret nor allowlist, a caller
+    that is not this machine itself."""
+    token = config['token']
+    if token is not None and not token.strip():
+        raise Reject(503, 'configuration: FIBOSMS_TOKEN is set but empty; set it to a long'
+                          ' random secret, or unset it')
+    if token is not None and token.strip().lower() in PLACEHOLDER_TOKENS:
+        raise Reject(503, 'configuration: FIBOSMS_TOKEN is still the example value; set it'
+                          ' to a long random secret')
+    if token is None and not config['allow'] and not local_caller(environ, remote):
+        raise Reject(503, 'configuration: neither FIBOSMS_TOKEN nor FIBOSMS_ALLOW is set, so'
+                          ' only this machine may call; set FIBOSMS_TOKEN')
+
+
+def local_caller(environ, remote):
+    """Whether the caller is this machine itself: a loopback address, and no proxy's header
+    saying the request came from somewhere else."""
+    if any(environ.get(name) for name in PROXY_HEADERS):
+        return False
+    # Without ipaddress, which a CGI push would pay for: 127.0.0.0/8, ::1, ::ffff:127.x.y.z.
+    address = remote.lower()
+    if address.startswith('::ffff:'):
+        address = address[7:]
+    parts = address.split('.')
+    return address == '::1' or (len(parts) == 4 and parts[0] == '127'
+                                and all(p.isdigit() and int(p) < 256 for p in parts))
 
 
 # -- Reading a push ---------------------------------------------------------------------------
@@ -164,6 +201,7 @@ def read_push(environ, config):
     if method not in ('GET', 'POST'):
         raise Reject(405, 'method %r not allowed' % method[:20])
     remote = client_address(environ, config['trusted_proxies'])
+    check_settings(config, environ, remote)
     if config['allow'] and not address_allowed(remote, config['allow']):
         raise Reject(403, 'address %r not allowed' % remote[:60])
     query = environ.get('QUERY_STRING', '').encode('latin-1')   # PEP 3333: bytes as latin-1
@@ -171,18 +209,24 @@ def read_push(environ, config):
         raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))
     raw = query.split(b'&') if query else []
     if method == 'POST':
+        # The secret is looked for in the path and query string before the body is read: a
+        # caller without it cannot hold a thread by sending a body slowly.
+        charset, params, _ = decode_params(raw)
+        check_token(environ, params, config['token'], charset)
         body = read_body(environ)
         raw += body.split(b'&') if body else []
     charset, params, kept = decode_params(raw)
     guid = params.get('guid', '').strip()[:MAX_GUID] or None
     try:
         check_token(environ, params, config['token'], charset)
+        if config['token']:
+            kept = drop_secret_copies(params, kept, config['token'], charset)
         push = parse_push(params)
     except Reject as exc:
         exc.guid = guid  # for the log line
         raise
     push.update(charset=charset, remote_addr=remote or None,
-                raw_query=b'&'.join(kept).decode('latin-1'))
+                raw_query=b'&'.join(piece for piece, _, _ in kept).decode('latin-1'))
     return push
 
 
@@ -191,15 +235,17 @@ def read_body(environ):
     length = environ.get('CONTENT_LENGTH', '').strip()
     stream = environ['wsgi.input']
     if length:
-        if not length.isdecimal():
+        # ASCII digits only (str.isdecimal() and int() take '١٦' too), and few of them: int()
+        # refuses over 4300 digits since Python 3.11 (CVE-2020-10735).
+        if length.strip('0123456789') or len(length) > 18:
             raise Reject(400, 'Content-Length %r is not a number' % length[:20])
         if int(length) > MAX_INPUT:
             raise Reject(413, 'body of %s bytes is over %d' % (length, MAX_INPUT))
-        body = stream.read(int(length)) if int(length) else b''
+        body = read_input(stream, int(length)) if int(length) else b''
         if len(body) < int(length):
             raise Reject(400, 'body ended after %d of %s bytes' % (len(body), length))
     elif environ.get('wsgi.input_terminated'):  # chunked: the server marks where it ends
-        body = stream.read(MAX_INPUT + 1)
+        body = read_input(stream, MAX_INPUT + 1)
         if len(body) > MAX_INPUT:
             raise Reject(413, 'body is over %d bytes' % MAX_INPUT)
     else:
@@ -210,13 +256,22 @@ def read_body(environ):
     return body
 
 
+def read_input(stream, size):
+    """Read the body; a client too slow (the server's timeout) or gone is refused."""
+    try:
+        return stream.read(size)
+    except OSError as exc:   # socket.timeout is one; mod_wsgi raises OSError on a broken read
+        timed_out = 'timeout' in type(exc).__name__.lower()
+        raise Reject(408 if timed_out else 400, 'body not received: %s' % type(exc).__name__)
+
+
 def decode_params(raw):
     """Decode raw ``name=value`` pieces; return ``(charset, {name: value}, kept_pieces)``.
 
     ``+`` and percent-escapes become bytes, ``%uXXXX`` (legacy .NET encoders) its code point;
     the bytes are read as UTF-8, else Windows-1258 (Vietnamese), else Latin-1, the same for
     the whole push, so a push is never refused for its encoding nor gets U+FFFD put in.
-    `kept_pieces` are the raw pieces without the token, for the raw_query column.
+    `kept_pieces` are ``(raw piece, name, value)`` without the token, for the raw_query column.
     """
     pieces = []
     for piece in raw:
@@ -236,7 +291,7 @@ def decode_params(raw):
             raise Reject(400, 'parameter %r given twice' % name[:40])
         params[name] = value
         if name != 'token':
-            kept.append(piece)
+            kept.append((piece, name, value))
     return charset, params, kept
 
 
@@ -345,6 +400,28 @@ def check_token(environ, params, token, charset='utf-8'):
     # compare_digest takes time independent of where the bytes differ.
     if not any(compare_digest(secret, candidate) for candidate in offered):
         raise Reject(403, 'wrong or missing token')
+
+
+def drop_secret_copies(params, kept, token, charset):
+    """The kept pieces without any that holds the secret, in its name or value, in any
+    spelling the decoding undoes (``&TOKEN=SECRET``, ``&t%6Fken+=SECRET``, ``%uXXXX``...);
+    they leave `params` too. Reject(400) if guid, phone or message holds it: the secret is
+    never stored."""
+    secret = token.encode('utf-8') if isinstance(token, str) else token
+    clean = []
+    for piece, name, value in kept:
+        if not any(holds_secret(text, secret, charset) for text in (name, value)):
+            clean.append((piece, name, value))
+        elif name in ('guid', 'phone', 'message'):
+            raise Reject(400, 'parameter %r holds the secret' % name)
+        else:
+            params.pop(name, None)
+    return clean
+
+
+def holds_secret(text, secret, charset):
+    """Whether decoded `text` holds `secret` (bytes) as UTF-8 or as the push's charset."""
+    return secret in text.encode('utf-8') or secret in text.encode(charset, 'replace')
 
 
 def client_address(environ, trusted_proxies):
