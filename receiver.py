@@ -61,7 +61,8 @@ RETRY = b'<Status>1</Status>'
 CONTENT_TYPE = 'text/xml; charset=utf-8'
 HTTP_STATUS = {
     200: '200 OK', 400: '400 Bad Request', 403: '403 Forbidden',
-    405: '405 Method Not Allowed', 413: '413 Payload Too Large', 414: '414 URI Too Long',
+    405: '405 Method Not Allowed', 408: '408 Request Timeout', 413: '413 Payload Too Large',
+    414: '414 URI Too Long',
     415: '415 Unsupported Media Type', 503: '503 Service Unavailable',
 }
 ALLOWED_METHODS = 'GET, POST'
@@ -75,6 +76,19 @@ HEX = frozenset(b'0123456789abcdefABCDEF')
 PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
     'change-me-to-a-long-random-secret', 'secret', '<this secret>', 'change-me', 'changeme')
 PROXY_HEADERS = ('HTTP_X_FORWARDED_FOR', 'HTTP_FORWARDED', 'HTTP_X_REAL_IP')
+# The small server (python3 receiver.py) facing clients itself, without a front end.
+LISTEN_BACKLOG = 128            # connections the kernel holds until they are accepted
+MAX_CONNECTIONS = 512           # open at once (under the usual 1024 file descriptors): the
+                                # next one is answered 503 at once
+WORKERS = 16                    # threads running requests whose headers are all in
+HEADER_TIMEOUT = 10.0           # seconds from connecting to the end of the headers, else 408
+BODY_TIMEOUT = 10.0             # seconds for the body once the headers are in, else 408
+STOP_TIMEOUT = 5.0              # seconds a stopping server waits for requests in hand
+MAX_HEADER_BYTES = 32 * 1024    # request line and headers together, else 414 or 431
+MAX_HEADERS = 50                # header lines, else 431
+HEADER_NAME_CHARS = ('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+                     '0123456789-')            # a header named otherwise is dropped
+SINGLE_HEADERS = ('Content-Length', 'Content-Type', 'Host')    # twice: 400
 SETTINGS = {                    # make_app() argument -> environment variable
     'db': 'FIBOSMS_DB', 'token': 'FIBOSMS_TOKEN', 'allow': 'FIBOSMS_ALLOW',
     'trusted_proxies': 'FIBOSMS_TRUSTED_PROXIES', 'handler': 'FIBOSMS_HANDLER',
@@ -217,6 +231,8 @@ def read_push(environ, config):
         raw += body.split(b'&') if body else []
     charset, params, kept = decode_params(raw)
     guid = params.get('guid', '').strip()[:MAX_GUID] or None
+    if guid and config['token'] and holds_secret(guid, config['token'], charset):
+        guid = None   # not for the log line either
     try:
         check_token(environ, params, config['token'], charset)
         if config['token']:
@@ -407,7 +423,7 @@ def drop_secret_copies(params, kept, token, charset):
     spelling the decoding undoes (``&TOKEN=SECRET``, ``&t%6Fken+=SECRET``, ``%uXXXX``...);
     they leave `params` too. Reject(400) if guid, phone or message holds it: the secret is
     never stored."""
-    secret = token.encode('utf-8') if isinstance(token, str) else token
+    secret = token.decode('utf-8') if isinstance(token, bytes) else token
     clean = []
     for piece, name, value in kept:
         if not any(holds_secret(text, secret, charset) for text in (name, value)):
@@ -420,8 +436,11 @@ def drop_secret_copies(params, kept, token, charset):
 
 
 def holds_secret(text, secret, charset):
-    """Whether decoded `text` holds `secret` (bytes) as UTF-8 or as the push's charset."""
-    return secret in text.encode('utf-8') or secret in text.encode(charset, 'replace')
+    """Whether decoded `text` holds the `secret` (str), its bytes read in any of CHARSETS."""
+    if secret in text:
+        return True
+    sent = text.encode(charset, 'replace')     # the bytes as the gateway sent them
+    return any(secret in sent.decode(other, 'replace') for other in CHARSETS)
 
 
 def client_address(environ, trusted_proxies):
@@ -532,31 +551,241 @@ def serve_cgi(app=application):
 
 
 def make_server(host, port, app):
-    """A threaded wsgiref server whose request log leaves out query strings and tokens."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+    """wsgiref's server, bounded for facing clients directly (see "The small server" in the
+    module docstring): one thread reads every connection's request line and headers, WORKERS
+    threads run the requests whose headers are in, and every refusal is a Status document."""
+    import io
+    import queue
+    import selectors
+    import socket
+    import threading
+    import time
+    from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
+    class ReceiverServer(WSGIServer):
+        request_queue_size = LISTEN_BACKLOG
 
-    class Handler(WSGIRequestHandler):
+        def server_activate(self):
+            WSGIServer.server_activate(self)
+            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.work = queue.Queue()
+            self.reader = HeaderReader(self)
+            self.workers = [threading.Thread(target=self.work_loop, name='fibosms-worker',
+                                             daemon=True) for _ in range(WORKERS)]
+            for thread in self.reader.thread, *self.workers:
+                thread.start()
+
+        def process_request(self, request, client_address):
+            """Called by serve_forever for each accepted connection."""
+            if not self.slots.acquire(blocking=False):
+                refuse(request, 503, 'more than %d connections' % MAX_CONNECTIONS,
+                       client_address)
+                return
+            self.reader.add(request, client_address)
+
+        def work_loop(self):
+            while True:
+                item = self.work.get()
+                if item is None:
+                    return
+                request, client_address, ahead = item
+                try:
+                    RequestHandler((request, ahead), client_address, self)
+                except OSError:   # the client went away
+                    pass
+                except Exception:
+                    self.handle_error(request, client_address)
+                finally:
+                    drain(request)
+                    self.shutdown_request(request)
+                    self.slots.release()
+
+        def server_close(self):
+            WSGIServer.server_close(self)
+            if getattr(self, 'reader', None) is not None:
+                self.reader.close()
+                for _ in self.workers:
+                    self.work.put(None)
+                deadline = time.monotonic() + STOP_TIMEOUT   # let answers in hand finish
+                for thread in self.workers:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+
+    class HeaderReader:
+        """One thread that reads the request line and headers of every new connection, at
+        most MAX_HEADER_BYTES within HEADER_TIMEOUT, and then queues it for the workers; so
+        a client that sends slowly holds a few KiB here, not a thread."""
+
+        def __init__(self, server):
+            self.server = server
+            self.selector = selectors.DefaultSelector()
+            self.incoming = queue.Queue()
+            self.deadlines = []          # (deadline, socket), in order: one timeout for all
+            self.wake_in, self.wake_out = socket.socketpair()
+            self.wake_in.setblocking(False)
+            self.wake_out.setblocking(False)
+            self.selector.register(self.wake_in, selectors.EVENT_READ, None)
+            self.closed = False
+            self.thread = threading.Thread(target=self.run, name='fibosms-headers',
+                                           daemon=True)
+
+        def add(self, request, client_address):
+            self.incoming.put((request, client_address))
+            self.wake()
+
+        def wake(self):
+            try:
+                self.wake_out.send(b'.')
+            except OSError:   # its buffer is full: the reader is awake already
+                pass
+
+        def close(self):
+            self.closed = True
+            self.wake()
+
+        def run(self):
+            while not self.closed:
+                wait = self.deadlines[0][0] - time.monotonic() if self.deadlines else 1.0
+                for key, _ in self.selector.select(max(0.01, min(wait, 1.0))):
+                    if key.data is None:
+                        while self.drain(self.wake_in):
+                            pass
+                    else:
+                        self.read(key.fileobj, key.data)
+                while not self.incoming.empty():
+                    request, client_address = self.incoming.get()
+                    request.setblocking(False)
+                    state = {'address': client_address, 'ahead': bytearray(), 'scanned': 0}
+                    self.selector.register(request, selectors.EVENT_READ, state)
+                    self.deadlines.append((time.monotonic() + HEADER_TIMEOUT, request))
+                now = time.monotonic()
+                while self.deadlines and self.deadlines[0][0] <= now:
+                    request = self.deadlines.pop(0)[1]
+                    state = self.forget(request)
+                    if state is not None:
+                        self.refuse(request, 408, 'headers not in within %g s'
+                                    % HEADER_TIMEOUT, state)
+            for key in list(self.selector.get_map().values()):
+                key.fileobj.close()
+
+        @staticmethod
+        def drain(sock):
+            try:
+                return sock.recv(4096)
+            except OSError:
+                return b''
+
+        def read(self, request, state):
+            ahead = state['ahead']
+            try:
+                data = request.recv(MAX_HEADER_BYTES + 1 - len(ahead))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = None
+            if not data:     # closed by the client: an answer only if it asked something
+                self.forget(request)
+                if ahead and data is not None:
+                    self.refuse(request, 400, 'connection closed within the headers', state,
+                                forgotten=True)
+                else:
+                    request.close()
+                    self.server.slots.release()
+                return
+            ahead += data
+            end = header_end(ahead, state['scanned'])
+            state['scanned'] = max(0, len(ahead) - 3)
+            if 0 <= end <= MAX_HEADER_BYTES:
+                self.forget(request)
+                request.setblocking(True)
+                self.server.work.put((request, state['address'], bytes(ahead)))
+            elif len(ahead) > MAX_HEADER_BYTES:
+                self.forget(request)
+                code = 431 if b'\n' in ahead else 414
+                self.refuse(request, code, 'request line and headers over %d bytes'
+                            % MAX_HEADER_BYTES, state, forgotten=True)
+
+        def forget(self, request):
+            """Stop watching `request`; its state, or None if it was not watched."""
+            try:
+                return self.selector.unregister(request).data
+            except (KeyError, ValueError):
+                return None
+
+        def refuse(self, request, code, reason, state, forgotten=True):
+            refuse(request, code, reason, state['address'])
+            self.server.slots.release()
+
+    class ConnectionInput(io.RawIOBase):
+        """The bytes the header reader read ahead, then the socket, until `deadline`."""
+
+        def __init__(self, sock, ahead, deadline):
+            self.sock, self.ahead, self.deadline = sock, memoryview(ahead), deadline
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            if self.ahead:
+                n = min(len(buffer), len(self.ahead))
+                buffer[:n] = self.ahead[:n]
+                self.ahead = self.ahead[n:]
+                return n
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout('body not in within %g s' % BODY_TIMEOUT)
+            self.sock.settimeout(left)
+            try:
+                return self.sock.recv_into(buffer)
+            finally:
+                self.sock.settimeout(BODY_TIMEOUT)   # for writing the answer
+
+    class RequestHandler(WSGIRequestHandler):
+        default_request_version = 'HTTP/1.0'   # not 0.9: every answer has a status line
+
+        def setup(self):
+            self.request, ahead = self.request
+            self.request.settimeout(BODY_TIMEOUT)
+            WSGIRequestHandler.setup(self)
+            deadline = time.monotonic() + BODY_TIMEOUT
+            self.rfile = io.BufferedReader(ConnectionInput(self.request, ahead, deadline))
+
+        def handle(self):
+            # wsgiref's handle(), with the header checks, and a blank request line answered.
+            self.command, self.request_version = None, self.default_request_version
+            self.raw_requestline = self.rfile.readline(MAX_HEADER_BYTES + 1)
+            if not self.raw_requestline.strip():
+                self.requestline = ''
+                self.send_error(400)
+                return
+            if not self.parse_request():  # it has answered
+                return
+            problem = header_problem(self.headers)
+            if problem:
+                self.log_message('refused: %s', problem[1])
+                self.send_error(problem[0])
+                return
+            handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(),
+                                    self.get_environ())
+            handler.request_handler = self
+            handler.run(self.server.get_app())
+
         def log_request(self, code='-', size='-'):
-            # The query string carries personal data, the last path segment maybe the secret.
-            # There is no path when http.server refused the request line itself.
-            path = getattr(self, 'path', '').split('?')[0]
-            if path.strip('/'):
-                path = path.rstrip('/').rpartition('/')[0] + '/***'
-            self.log_message('"%s %s" %s %s', self.command, path, code, size)
+            # Neither the path (the secret, in one spelling or another) nor the query string
+            # (personal data): a fixed marker where the path was.
+            self.log_message('"%s%s" %s %s', self.command or '-',
+                             ' /***' if getattr(self, 'path', None) else '', code, size)
 
         def log_message(self, format, *args):
             WSGIRequestHandler.log_message(self, format, *args)
             sys.stderr.flush()  # before 3.9, Python block-buffers a stderr that is no tty
 
         def send_error(self, code, message=None, explain=None):
-            # What http.server refuses before the app runs (an unreadable or over-long request
-            # line, too many or too long headers) gets <Status>1</Status> too, not its HTML
-            # page, which would also echo the request line back.
+            # What http.server refuses before the app runs (an unreadable request line or
+            # version, too many or too long headers) gets <Status>1</Status> too, with a
+            # status line, not its HTML page, which would also echo the request line back.
             self.close_connection = True
+            if self.request_version not in ('HTTP/1.0', 'HTTP/1.1'):
+                self.request_version = self.default_request_version
             self.send_response(code)
             self.send_header('Content-Type', CONTENT_TYPE)
             self.send_header('Content-Length', str(len(RETRY)))
@@ -569,8 +798,75 @@ def make_server(host, port, app):
             # http.server's messages quote the raw request line; keep only their first word.
             self.log_message('error: %s', (format % args).split(' ')[0][:40])
 
-    from wsgiref.simple_server import make_server as wsgiref_make_server
-    return wsgiref_make_server(host, port, app, server_class=Server, handler_class=Handler)
+    server = ReceiverServer((host, port), RequestHandler)
+    server.set_app(app)
+    return server
+
+
+def header_end(ahead, start=0):
+    """Where the request line and headers in `ahead` end (-1: not yet); 0 for a blank
+    request line, which is answered at once (RFC 9112 2.2 lets a server skip it; the
+    connection only ever carries one request here)."""
+    if ahead[:1] == b'\n' or ahead[:2] == b'\r\n':
+        return 0
+    ends = [i for i in (ahead.find(b'\n\r\n', start), ahead.find(b'\n\n', start)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def header_problem(headers):
+    """(code, reason) for headers the small server refuses, else None; drops the headers
+    whose names hold anything but letters, digits and '-'.
+
+    wsgiref turns '-' into '_' (PEP 3333), so ``X_Forwarded_For: 1.2.3.4`` would join the
+    real X-Forwarded-For in HTTP_X_FORWARDED_FOR: such names are dropped, as nginx and Apache
+    do. A folded line (RFC 9112 5.2) or a repeated header that must be single is refused.
+    """
+    if len(headers) > MAX_HEADERS:
+        return 431, 'more than %d headers' % MAX_HEADERS
+    for name in set(headers.keys()):
+        if name.strip(HEADER_NAME_CHARS):
+            del headers[name]
+    for name, value in headers.items():
+        if '\r' in value or '\n' in value:
+            return 400, 'a folded header line'
+    for name in SINGLE_HEADERS:
+        if len(headers.get_all(name) or ()) > 1:
+            return 400, '%s given twice' % name
+    if 'Transfer-Encoding' in headers:
+        return 411, 'a body without Content-Length'
+    return None
+
+
+def drain(sock):
+    """Read, without waiting, what the client sent and nobody read (at most 1 MiB): a socket
+    closed with unread bytes sends a reset, which may overtake the answer (RFC 9112 9.6)."""
+    try:
+        sock.setblocking(False)
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+
+
+def refuse(sock, code, reason, client_address):
+    """Answer a connection <Status>1</Status> with HTTP `code` and close it, never waiting:
+    what the client has sent is read first (if it is still unread at close(), the client
+    gets a reset, which may overtake the answer)."""
+    import socket
+    from http.server import BaseHTTPRequestHandler
+    phrase = BaseHTTPRequestHandler.responses.get(code, ('',))[0]
+    head = ('HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: '
+            'no-store\r\nConnection: close\r\n\r\n' % (code, phrase, CONTENT_TYPE, len(RETRY)))
+    sys.stderr.write('%s - - fibosms-receiver: %d %s\n' % (client_address[0], code, reason))
+    sys.stderr.flush()
+    drain(sock)
+    try:
+        sock.send(head.encode('ascii') + RETRY)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def main(argv=None):
