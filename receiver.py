@@ -572,7 +572,7 @@ def make_server(host, port, app):
             self.reader = HeaderReader(self)
             self.workers = [threading.Thread(target=self.work_loop, name='fibosms-worker',
                                              daemon=True) for _ in range(WORKERS)]
-            for thread in self.reader.thread, *self.workers:
+            for thread in [self.reader.thread] + self.workers:
                 thread.start()
 
         def process_request(self, request, client_address):
