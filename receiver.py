@@ -14,9 +14,12 @@ and reads the page's whole content as its answer, one of exactly two documents:
 Every answer of this page is one of those two, ``text/xml; charset=utf-8``, with these codes:
 
     200  <Status>2</Status>  stored now, or stored already (a retry of a known guid)
-    400  <Status>1</Status>  malformed: no guid or phone, a parameter twice, a value too long
+    400  <Status>1</Status>  malformed: no guid or phone, a parameter twice, a value too long,
+                             a Content-Length that is no number, the secret in guid, phone
+                             or message
     403  <Status>1</Status>  refused caller: wrong or missing token, address not allowed
     405  <Status>1</Status>  a method other than GET or POST
+    408  <Status>1</Status>  a POST body not received in time (the server's timeout)
     413  <Status>1</Status>  a POST body over 16 KiB
     414  <Status>1</Status>  a query string over 16 KiB
     415  <Status>1</Status>  a POST body that is not application/x-www-form-urlencoded
@@ -28,8 +31,16 @@ string and the body read together.
 
 Security model: the push carries no signature, so the page trusts a caller for knowing a
 secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter, compared in
-constant time) and/or for its address (FIBOSMS_ALLOW). The secret is never stored or logged.
-Log lines go to ``wsgi.errors`` (the server's error log) and never hold message text.
+constant time) and/or for its address (FIBOSMS_ALLOW). For a POST the secret must be in the
+path or query string: it is checked before the body is read. Secure by default, each a 503
+with a log line saying what to set: a FIBOSMS_TOKEN set but empty, or still an example value
+of deploy/ or README (PLACEHOLDER_TOKENS); and, with neither secret nor allowlist, any caller
+but this machine itself (a loopback address, with no X-Forwarded-For, Forwarded or X-Real-IP
+header: a proxy on this machine passes on callers from elsewhere). The secret is never stored:
+another parameter holding it, in its name or value, in any spelling the decoding undoes, is
+dropped from raw_query and extra; a guid, phone or message holding it is refused (400). Nor is
+it logged. Log lines go to ``wsgi.errors`` (the server's error log) and never hold message
+text or the phone.
 
 Settings, each read from the request's WSGI environ (Apache SetEnv), then os.environ, then
 the default; or given to ``make_app(...)``, which beats both:
@@ -43,6 +54,18 @@ the default; or given to ``make_app(...)``, which beats both:
 
 Run as: a WSGI application (``application``); a CGI script (GATEWAY_INTERFACE is set); or
 ``python3 receiver.py [--host 127.0.0.1] [--port 8000] [--db PATH]``, a small threaded server.
+
+The small server (wsgiref's, made fit to face clients itself): one thread reads the request
+line and headers of every connection, at most MAX_HEADER_BYTES within HEADER_TIMEOUT, so a
+slow client holds a few KiB and no thread; WORKERS threads run the requests whose headers are
+in, with BODY_TIMEOUT for the body; over MAX_CONNECTIONS open at once, the next connection is
+answered 503 at once. One request per connection. Headers named with anything but letters,
+digits and '-' are dropped (wsgiref would read ``X_Forwarded_For`` as X-Forwarded-For, PEP
+3333), as nginx and Apache do. Its own refusals are Status documents with a status line too:
+400 (unreadable, blank or cut-off request line, a folded header line, Content-Length, -Type or
+Host twice), 408 (headers too slow), 411 (chunked body), 414 or 431 (over MAX_HEADER_BYTES, or
+over MAX_HEADERS headers), 503 (too many connections), 505 (HTTP/2 and later). Its request log
+line shows ``/***`` for the path, whatever its spelling, and no query string.
 """
 import os
 import sys
@@ -554,6 +577,7 @@ def make_server(host, port, app):
     """wsgiref's server, bounded for facing clients directly (see "The small server" in the
     module docstring): one thread reads every connection's request line and headers, WORKERS
     threads run the requests whose headers are in, and every refusal is a Status document."""
+    import collections
     import io
     import queue
     import selectors
@@ -619,7 +643,8 @@ def make_server(host, port, app):
             self.server = server
             self.selector = selectors.DefaultSelector()
             self.incoming = queue.Queue()
-            self.deadlines = []          # (deadline, socket), in order: one timeout for all
+            self.deadlines = collections.deque()   # (deadline, socket): in order, as all
+                                                   # have the same timeout
             self.wake_in, self.wake_out = socket.socketpair()
             self.wake_in.setblocking(False)
             self.wake_out.setblocking(False)
@@ -646,9 +671,8 @@ def make_server(host, port, app):
             while not self.closed:
                 wait = self.deadlines[0][0] - time.monotonic() if self.deadlines else 1.0
                 for key, _ in self.selector.select(max(0.01, min(wait, 1.0))):
-                    if key.data is None:
-                        while self.drain(self.wake_in):
-                            pass
+                    if key.data is None:     # add() or close() woke us
+                        drain(self.wake_in)
                     else:
                         self.read(key.fileobj, key.data)
                 while not self.incoming.empty():
@@ -659,20 +683,13 @@ def make_server(host, port, app):
                     self.deadlines.append((time.monotonic() + HEADER_TIMEOUT, request))
                 now = time.monotonic()
                 while self.deadlines and self.deadlines[0][0] <= now:
-                    request = self.deadlines.pop(0)[1]
+                    request = self.deadlines.popleft()[1]
                     state = self.forget(request)
                     if state is not None:
                         self.refuse(request, 408, 'headers not in within %g s'
                                     % HEADER_TIMEOUT, state)
             for key in list(self.selector.get_map().values()):
                 key.fileobj.close()
-
-        @staticmethod
-        def drain(sock):
-            try:
-                return sock.recv(4096)
-            except OSError:
-                return b''
 
         def read(self, request, state):
             ahead = state['ahead']
@@ -685,8 +702,7 @@ def make_server(host, port, app):
             if not data:     # closed by the client: an answer only if it asked something
                 self.forget(request)
                 if ahead and data is not None:
-                    self.refuse(request, 400, 'connection closed within the headers', state,
-                                forgotten=True)
+                    self.refuse(request, 400, 'connection closed within the headers', state)
                 else:
                     request.close()
                     self.server.slots.release()
@@ -702,7 +718,7 @@ def make_server(host, port, app):
                 self.forget(request)
                 code = 431 if b'\n' in ahead else 414
                 self.refuse(request, code, 'request line and headers over %d bytes'
-                            % MAX_HEADER_BYTES, state, forgotten=True)
+                            % MAX_HEADER_BYTES, state)
 
         def forget(self, request):
             """Stop watching `request`; its state, or None if it was not watched."""
@@ -711,7 +727,7 @@ def make_server(host, port, app):
             except (KeyError, ValueError):
                 return None
 
-        def refuse(self, request, code, reason, state, forgotten=True):
+        def refuse(self, request, code, reason, state):
             refuse(request, code, reason, state['address'])
             self.server.slots.release()
 
@@ -746,6 +762,7 @@ def make_server(host, port, app):
             self.request, ahead = self.request
             self.request.settimeout(BODY_TIMEOUT)
             WSGIRequestHandler.setup(self)
+            self.rfile.close()   # replaced: what the header reader read comes first
             deadline = time.monotonic() + BODY_TIMEOUT
             self.rfile = io.BufferedReader(ConnectionInput(self.request, ahead, deadline))
 
