@@ -205,6 +205,8 @@ def check_settings(config, environ, remote):
     empty or still the shipped placeholder, or, with neither secret nor allowlist, a caller
     that is not this machine itself."""
     token = config['token']
+    if isinstance(token, bytes):
+        token = token.decode('utf-8', 'replace')
     if token is not None and not token.strip():
         raise Reject(503, 'configuration: FIBOSMS_TOKEN is set but empty; set it to a long'
                           ' random secret, or unset it')
@@ -254,12 +256,15 @@ def read_push(environ, config):
         raw += body.split(b'&') if body else []
     charset, params, kept = decode_params(raw)
     guid = params.get('guid', '').strip()[:MAX_GUID] or None
-    if guid and config['token'] and holds_secret(guid, config['token'], charset):
+    token = config['token']
+    if isinstance(token, bytes):   # make_app(token=b'...')
+        token = token.decode('utf-8')
+    if guid and token and holds_secret(guid, token, charset):
         guid = None   # not for the log line either
     try:
         check_token(environ, params, config['token'], charset)
-        if config['token']:
-            kept = drop_secret_copies(params, kept, config['token'], charset)
+        if token:
+            kept = drop_secret_copies(params, kept, token, charset)
         push = parse_push(params)
     except Reject as exc:
         exc.guid = guid  # for the log line
@@ -446,10 +451,9 @@ def drop_secret_copies(params, kept, token, charset):
     spelling the decoding undoes (``&TOKEN=SECRET``, ``&t%6Fken+=SECRET``, ``%uXXXX``...);
     they leave `params` too. Reject(400) if guid, phone or message holds it: the secret is
     never stored."""
-    secret = token.decode('utf-8') if isinstance(token, bytes) else token
     clean = []
     for piece, name, value in kept:
-        if not any(holds_secret(text, secret, charset) for text in (name, value)):
+        if not any(holds_secret(text, token, charset) for text in (name, value)):
             clean.append((piece, name, value))
         elif name in ('guid', 'phone', 'message'):
             raise Reject(400, 'parameter %r holds the secret' % name)

@@ -488,6 +488,7 @@ def test_hundreds_of_half_sent_requests_hold_no_thread_and_time_out(plain):
         for sock in sockets + drip + bodies:
             sock.close()
     deadline = time.monotonic() + 5
+    # A second worker may now keep a database connection open: its file, -wal and -shm.
     while threads_and_fds(plain.process.pid)[1] > fds + 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     now_threads, now_fds = threads_and_fds(plain.process.pid)
