@@ -673,27 +673,40 @@ def make_server(host, port, app):
 
         def run(self):
             while not self.closed:
-                wait = self.deadlines[0][0] - time.monotonic() if self.deadlines else 1.0
-                for key, _ in self.selector.select(max(0.01, min(wait, 1.0))):
-                    if key.data is None:     # add() or close() woke us
-                        drain(self.wake_in)
-                    else:
-                        self.read(key.fileobj, key.data)
-                while not self.incoming.empty():
-                    request, client_address = self.incoming.get()
-                    request.setblocking(False)
-                    state = {'address': client_address, 'ahead': bytearray(), 'scanned': 0}
-                    self.selector.register(request, selectors.EVENT_READ, state)
-                    self.deadlines.append((time.monotonic() + HEADER_TIMEOUT, request))
-                now = time.monotonic()
-                while self.deadlines and self.deadlines[0][0] <= now:
-                    request = self.deadlines.popleft()[1]
-                    state = self.forget(request)
-                    if state is not None:
-                        self.refuse(request, 408, 'headers not in within %g s'
-                                    % HEADER_TIMEOUT, state)
+                try:
+                    self.step()
+                except Exception:  # a bug here must not stop every push: log it, go on
+                    import traceback
+                    sys.stderr.write('fibosms-receiver: header reader: %s'
+                                     % traceback.format_exc())
+                    sys.stderr.flush()
+                    time.sleep(0.1)
             for key in list(self.selector.get_map().values()):
                 key.fileobj.close()
+            self.selector.close()
+            self.wake_out.close()
+
+        def step(self):
+            """Wait for bytes or a deadline; read, hand on, or refuse what is due."""
+            wait = self.deadlines[0][0] - time.monotonic() if self.deadlines else 1.0
+            for key, _ in self.selector.select(max(0.01, min(wait, 1.0))):
+                if key.data is None:     # add() or close() woke us
+                    drain(self.wake_in)
+                else:
+                    self.read(key.fileobj, key.data)
+            while not self.incoming.empty():
+                request, client_address = self.incoming.get()
+                request.setblocking(False)
+                state = {'address': client_address, 'ahead': bytearray(), 'scanned': 0}
+                self.selector.register(request, selectors.EVENT_READ, state)
+                self.deadlines.append((time.monotonic() + HEADER_TIMEOUT, request))
+            now = time.monotonic()
+            while self.deadlines and self.deadlines[0][0] <= now:
+                request = self.deadlines.popleft()[1]
+                state = self.forget(request)
+                if state is not None:
+                    self.refuse(request, 408, 'headers not in within %g s'
+                                % HEADER_TIMEOUT, state)
 
         def read(self, request, state):
             ahead = state['ahead']
