@@ -14,9 +14,12 @@ and reads the page's whole content as its answer, one of exactly two documents:
 Every answer of this page is one of those two, ``text/xml; charset=utf-8``, with these codes:
 
     200  <Status>2</Status>  stored now, or stored already (a retry of a known guid)
-    400  <Status>1</Status>  malformed: no guid or phone, a parameter twice, a value too long
+    400  <Status>1</Status>  malformed: no guid or phone, a parameter twice, a value too long,
+                             a Content-Length that is no number, the secret in guid, phone
+                             or message
     403  <Status>1</Status>  refused caller: wrong or missing token, address not allowed
     405  <Status>1</Status>  a method other than GET or POST
+    408  <Status>1</Status>  a POST body not received in time (the server's timeout)
     413  <Status>1</Status>  a POST body over 16 KiB
     414  <Status>1</Status>  a query string over 16 KiB
     415  <Status>1</Status>  a POST body that is not application/x-www-form-urlencoded
@@ -28,8 +31,16 @@ string and the body read together.
 
 Security model: the push carries no signature, so the page trusts a caller for knowing a
 secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter, compared in
-constant time) and/or for its address (FIBOSMS_ALLOW). The secret is never stored or logged.
-Log lines go to ``wsgi.errors`` (the server's error log) and never hold message text.
+constant time) and/or for its address (FIBOSMS_ALLOW). For a POST the secret must be in the
+path or query string: it is checked before the body is read. Secure by default, each a 503
+with a log line saying what to set: a FIBOSMS_TOKEN set but empty, or still an example value
+of deploy/ or README (PLACEHOLDER_TOKENS); and, with neither secret nor allowlist, any caller
+but this machine itself (a loopback address, with no X-Forwarded-For, Forwarded or X-Real-IP
+header: a proxy on this machine passes on callers from elsewhere). The secret is never stored:
+another parameter holding it, in its name or value, in any spelling the decoding undoes, is
+dropped from raw_query and extra; a guid, phone or message holding it is refused (400). Nor is
+it logged. Log lines go to ``wsgi.errors`` (the server's error log) and never hold message
+text or the phone.
 
 Settings, each read from the request's WSGI environ (Apache SetEnv), then os.environ, then
 the default; or given to ``make_app(...)``, which beats both:
@@ -43,6 +54,18 @@ the default; or given to ``make_app(...)``, which beats both:
 
 Run as: a WSGI application (``application``); a CGI script (GATEWAY_INTERFACE is set); or
 ``python3 receiver.py [--host 127.0.0.1] [--port 8000] [--db PATH]``, a small threaded server.
+
+The small server (wsgiref's, made fit to face clients itself): one thread reads the request
+line and headers of every connection, at most MAX_HEADER_BYTES within HEADER_TIMEOUT, so a
+slow client holds a few KiB and no thread; WORKERS threads run the requests whose headers are
+in, with BODY_TIMEOUT for the body; over MAX_CONNECTIONS open at once, the next connection is
+answered 503 at once. One request per connection. Headers named with anything but letters,
+digits and '-' are dropped (wsgiref would read ``X_Forwarded_For`` as X-Forwarded-For, PEP
+3333), as nginx and Apache do. Its own refusals are Status documents with a status line too:
+400 (unreadable, blank or cut-off request line, a folded header line, Content-Length, -Type or
+Host twice), 408 (headers too slow), 411 (chunked body), 414 or 431 (over MAX_HEADER_BYTES, or
+over MAX_HEADERS headers), 503 (too many connections), 505 (HTTP/2 and later). Its request log
+line shows ``/***`` for the path, whatever its spelling, and no query string.
 """
 import os
 import sys
@@ -61,7 +84,8 @@ RETRY = b'<Status>1</Status>'
 CONTENT_TYPE = 'text/xml; charset=utf-8'
 HTTP_STATUS = {
     200: '200 OK', 400: '400 Bad Request', 403: '403 Forbidden',
-    405: '405 Method Not Allowed', 413: '413 Payload Too Large', 414: '414 URI Too Long',
+    405: '405 Method Not Allowed', 408: '408 Request Timeout', 413: '413 Payload Too Large',
+    414: '414 URI Too Long',
     415: '415 Unsupported Media Type', 503: '503 Service Unavailable',
 }
 ALLOWED_METHODS = 'GET, POST'
@@ -72,6 +96,22 @@ MAX_PHONE = 32                  # characters
 HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
 CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
 HEX = frozenset(b'0123456789abcdefABCDEF')
+PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
+    'change-me-to-a-long-random-secret', 'secret', '<this secret>', 'change-me', 'changeme')
+PROXY_HEADERS = ('HTTP_X_FORWARDED_FOR', 'HTTP_FORWARDED', 'HTTP_X_REAL_IP')
+# The small server (python3 receiver.py) facing clients itself, without a front end.
+LISTEN_BACKLOG = 128            # connections the kernel holds until they are accepted
+MAX_CONNECTIONS = 512           # open at once (under the usual 1024 file descriptors): the
+                                # next one is answered 503 at once
+WORKERS = 16                    # threads running requests whose headers are all in
+HEADER_TIMEOUT = 10.0           # seconds from connecting to the end of the headers, else 408
+BODY_TIMEOUT = 10.0             # seconds for the body once the headers are in, else 408
+STOP_TIMEOUT = 5.0              # seconds a stopping server waits for requests in hand
+MAX_HEADER_BYTES = 32 * 1024    # request line and headers together, else 414 or 431
+MAX_HEADERS = 50                # header lines, else 431
+HEADER_NAME_CHARS = ('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+                     '0123456789-')            # a header named otherwise is dropped
+SINGLE_HEADERS = ('Content-Length', 'Content-Type', 'Host')    # twice: 400
 SETTINGS = {                    # make_app() argument -> environment variable
     'db': 'FIBOSMS_DB', 'token': 'FIBOSMS_TOKEN', 'allow': 'FIBOSMS_ALLOW',
     'trusted_proxies': 'FIBOSMS_TRUSTED_PROXIES', 'handler': 'FIBOSMS_HANDLER',
@@ -151,9 +191,45 @@ def settings(environ, given):
         if value is None:
             value = environ.get(variable) or os.environ.get(variable) or None
         config[name] = value
+    if config['token'] is None and given['token'] is None:
+        # Set but empty is not "no token": an empty line in a settings file would turn the
+        # check off without a word. Keep the '' so that check_settings refuses it.
+        config['token'] = environ.get('FIBOSMS_TOKEN', os.environ.get('FIBOSMS_TOKEN'))
     if config['db'] is None:
         config['db'] = storage.default_path()
     return config
+
+
+def check_settings(config, environ, remote):
+    """Reject(503) for a setting that would leave the page open: a secret that is set but
+    empty or still the shipped placeholder, or, with neither secret nor allowlist, a caller
+    that is not this machine itself."""
+    token = config['token']
+    if isinstance(token, bytes):
+        token = token.decode('utf-8', 'replace')
+    if token is not None and not token.strip():
+        raise Reject(503, 'configuration: FIBOSMS_TOKEN is set but empty; set it to a long'
+                          ' random secret, or unset it')
+    if token is not None and token.strip().lower() in PLACEHOLDER_TOKENS:
+        raise Reject(503, 'configuration: FIBOSMS_TOKEN is still the example value; set it'
+                          ' to a long random secret')
+    if token is None and not config['allow'] and not local_caller(environ, remote):
+        raise Reject(503, 'configuration: neither FIBOSMS_TOKEN nor FIBOSMS_ALLOW is set, so'
+                          ' only this machine may call; set FIBOSMS_TOKEN')
+
+
+def local_caller(environ, remote):
+    """Whether the caller is this machine itself: a loopback address, and no proxy's header
+    saying the request came from somewhere else."""
+    if any(environ.get(name) for name in PROXY_HEADERS):
+        return False
+    # Without ipaddress, which a CGI push would pay for: 127.0.0.0/8, ::1, ::ffff:127.x.y.z.
+    address = remote.lower()
+    if address.startswith('::ffff:'):
+        address = address[7:]
+    parts = address.split('.')
+    return address == '::1' or (len(parts) == 4 and parts[0] == '127'
+                                and all(p.isdigit() and int(p) < 256 for p in parts))
 
 
 # -- Reading a push ---------------------------------------------------------------------------
@@ -164,6 +240,7 @@ def read_push(environ, config):
     if method not in ('GET', 'POST'):
         raise Reject(405, 'method %r not allowed' % method[:20])
     remote = client_address(environ, config['trusted_proxies'])
+    check_settings(config, environ, remote)
     if config['allow'] and not address_allowed(remote, config['allow']):
         raise Reject(403, 'address %r not allowed' % remote[:60])
     query = environ.get('QUERY_STRING', '').encode('latin-1')   # PEP 3333: bytes as latin-1
@@ -171,18 +248,29 @@ def read_push(environ, config):
         raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))
     raw = query.split(b'&') if query else []
     if method == 'POST':
+        # The secret is looked for in the path and query string before the body is read: a
+        # caller without it cannot hold a thread by sending a body slowly.
+        charset, params, _ = decode_params(raw)
+        check_token(environ, params, config['token'], charset)
         body = read_body(environ)
         raw += body.split(b'&') if body else []
     charset, params, kept = decode_params(raw)
     guid = params.get('guid', '').strip()[:MAX_GUID] or None
+    token = config['token']
+    if isinstance(token, bytes):   # make_app(token=b'...')
+        token = token.decode('utf-8')
+    if guid and token and holds_secret(guid, token, charset):
+        guid = None   # not for the log line either
     try:
         check_token(environ, params, config['token'], charset)
+        if token:
+            kept = drop_secret_copies(params, kept, token, charset)
         push = parse_push(params)
     except Reject as exc:
         exc.guid = guid  # for the log line
         raise
     push.update(charset=charset, remote_addr=remote or None,
-                raw_query=b'&'.join(kept).decode('latin-1'))
+                raw_query=b'&'.join(piece for piece, _, _ in kept).decode('latin-1'))
     return push
 
 
@@ -191,15 +279,17 @@ def read_body(environ):
     length = environ.get('CONTENT_LENGTH', '').strip()
     stream = environ['wsgi.input']
     if length:
-        if not length.isdecimal():
+        # ASCII digits only (str.isdecimal() and int() take '١٦' too), and few of them: int()
+        # refuses over 4300 digits since Python 3.11 (CVE-2020-10735).
+        if length.strip('0123456789') or len(length) > 18:
             raise Reject(400, 'Content-Length %r is not a number' % length[:20])
         if int(length) > MAX_INPUT:
             raise Reject(413, 'body of %s bytes is over %d' % (length, MAX_INPUT))
-        body = stream.read(int(length)) if int(length) else b''
+        body = read_input(stream, int(length)) if int(length) else b''
         if len(body) < int(length):
             raise Reject(400, 'body ended after %d of %s bytes' % (len(body), length))
     elif environ.get('wsgi.input_terminated'):  # chunked: the server marks where it ends
-        body = stream.read(MAX_INPUT + 1)
+        body = read_input(stream, MAX_INPUT + 1)
         if len(body) > MAX_INPUT:
             raise Reject(413, 'body is over %d bytes' % MAX_INPUT)
     else:
@@ -210,13 +300,22 @@ def read_body(environ):
     return body
 
 
+def read_input(stream, size):
+    """Read the body; a client too slow (the server's timeout) or gone is refused."""
+    try:
+        return stream.read(size)
+    except OSError as exc:   # socket.timeout is one; mod_wsgi raises OSError on a broken read
+        timed_out = 'timeout' in type(exc).__name__.lower()
+        raise Reject(408 if timed_out else 400, 'body not received: %s' % type(exc).__name__)
+
+
 def decode_params(raw):
     """Decode raw ``name=value`` pieces; return ``(charset, {name: value}, kept_pieces)``.
 
     ``+`` and percent-escapes become bytes, ``%uXXXX`` (legacy .NET encoders) its code point;
     the bytes are read as UTF-8, else Windows-1258 (Vietnamese), else Latin-1, the same for
     the whole push, so a push is never refused for its encoding nor gets U+FFFD put in.
-    `kept_pieces` are the raw pieces without the token, for the raw_query column.
+    `kept_pieces` are ``(raw piece, name, value)`` without the token, for the raw_query column.
     """
     pieces = []
     for piece in raw:
@@ -236,7 +335,7 @@ def decode_params(raw):
             raise Reject(400, 'parameter %r given twice' % name[:40])
         params[name] = value
         if name != 'token':
-            kept.append(piece)
+            kept.append((piece, name, value))
     return charset, params, kept
 
 
@@ -345,6 +444,30 @@ def check_token(environ, params, token, charset='utf-8'):
     # compare_digest takes time independent of where the bytes differ.
     if not any(compare_digest(secret, candidate) for candidate in offered):
         raise Reject(403, 'wrong or missing token')
+
+
+def drop_secret_copies(params, kept, token, charset):
+    """The kept pieces without any that holds the secret, in its name or value, in any
+    spelling the decoding undoes (``&TOKEN=SECRET``, ``&t%6Fken+=SECRET``, ``%uXXXX``...);
+    they leave `params` too. Reject(400) if guid, phone or message holds it: the secret is
+    never stored."""
+    clean = []
+    for piece, name, value in kept:
+        if not any(holds_secret(text, token, charset) for text in (name, value)):
+            clean.append((piece, name, value))
+        elif name in ('guid', 'phone', 'message'):
+            raise Reject(400, 'parameter %r holds the secret' % name)
+        else:
+            params.pop(name, None)
+    return clean
+
+
+def holds_secret(text, secret, charset):
+    """Whether decoded `text` holds the `secret` (str), its bytes read in any of CHARSETS."""
+    if secret in text:
+        return True
+    sent = text.encode(charset, 'replace')     # the bytes as the gateway sent them
+    return any(secret in sent.decode(other, 'replace') for other in CHARSETS)
 
 
 def client_address(environ, trusted_proxies):
@@ -522,31 +645,248 @@ def cgi_environ():
 
 
 def make_server(host, port, app):
-    """A threaded wsgiref server whose request log leaves out query strings and tokens."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+    """wsgiref's server, bounded for facing clients directly (see "The small server" in the
+    module docstring): one thread reads every connection's request line and headers, WORKERS
+    threads run the requests whose headers are in, and every refusal is a Status document."""
+    import collections
+    import io
+    import queue
+    import selectors
+    import socket
+    import threading
+    import time
+    from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
+    class ReceiverServer(WSGIServer):
+        request_queue_size = LISTEN_BACKLOG
 
-    class Handler(WSGIRequestHandler):
+        def server_activate(self):
+            WSGIServer.server_activate(self)
+            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.work = queue.Queue()
+            self.reader = HeaderReader(self)
+            self.workers = [threading.Thread(target=self.work_loop, name='fibosms-worker',
+                                             daemon=True) for _ in range(WORKERS)]
+            for thread in [self.reader.thread] + self.workers:
+                thread.start()
+
+        def process_request(self, request, client_address):
+            """Called by serve_forever for each accepted connection."""
+            if not self.slots.acquire(blocking=False):
+                refuse(request, 503, 'more than %d connections' % MAX_CONNECTIONS,
+                       client_address)
+                return
+            self.reader.add(request, client_address)
+
+        def work_loop(self):
+            while True:
+                item = self.work.get()
+                if item is None:
+                    return
+                request, client_address, ahead = item
+                try:
+                    RequestHandler((request, ahead), client_address, self)
+                except OSError:   # the client went away
+                    pass
+                except Exception:
+                    self.handle_error(request, client_address)
+                finally:
+                    drain(request)
+                    self.shutdown_request(request)
+                    self.slots.release()
+
+        def server_close(self):
+            WSGIServer.server_close(self)
+            if getattr(self, 'reader', None) is not None:
+                self.reader.close()
+                for _ in self.workers:
+                    self.work.put(None)
+                deadline = time.monotonic() + STOP_TIMEOUT   # let answers in hand finish
+                for thread in self.workers:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+
+    class HeaderReader:
+        """One thread that reads the request line and headers of every new connection, at
+        most MAX_HEADER_BYTES within HEADER_TIMEOUT, and then queues it for the workers; so
+        a client that sends slowly holds a few KiB here, not a thread."""
+
+        def __init__(self, server):
+            self.server = server
+            self.selector = selectors.DefaultSelector()
+            self.incoming = queue.Queue()
+            self.deadlines = collections.deque()   # (deadline, socket): in order, as all
+                                                   # have the same timeout
+            self.wake_in, self.wake_out = socket.socketpair()
+            self.wake_in.setblocking(False)
+            self.wake_out.setblocking(False)
+            self.selector.register(self.wake_in, selectors.EVENT_READ, None)
+            self.closed = False
+            self.thread = threading.Thread(target=self.run, name='fibosms-headers',
+                                           daemon=True)
+
+        def add(self, request, client_address):
+            self.incoming.put((request, client_address))
+            self.wake()
+
+        def wake(self):
+            try:
+                self.wake_out.send(b'.')
+            except OSError:   # its buffer is full: the reader is awake already
+                pass
+
+        def close(self):
+            self.closed = True
+            self.wake()
+
+        def run(self):
+            while not self.closed:
+                try:
+                    self.step()
+                except Exception:  # a bug here must not stop every push: log it, go on
+                    import traceback
+                    sys.stderr.write('fibosms-receiver: header reader: %s'
+                                     % traceback.format_exc())
+                    sys.stderr.flush()
+                    time.sleep(0.1)
+            for key in list(self.selector.get_map().values()):
+                key.fileobj.close()
+            self.selector.close()
+            self.wake_out.close()
+
+        def step(self):
+            """Wait for bytes or a deadline; read, hand on, or refuse what is due."""
+            wait = self.deadlines[0][0] - time.monotonic() if self.deadlines else 1.0
+            for key, _ in self.selector.select(max(0.01, min(wait, 1.0))):
+                if key.data is None:     # add() or close() woke us
+                    drain(self.wake_in)
+                else:
+                    self.read(key.fileobj, key.data)
+            while not self.incoming.empty():
+                request, client_address = self.incoming.get()
+                request.setblocking(False)
+                state = {'address': client_address, 'ahead': bytearray(), 'scanned': 0}
+                self.selector.register(request, selectors.EVENT_READ, state)
+                self.deadlines.append((time.monotonic() + HEADER_TIMEOUT, request))
+            now = time.monotonic()
+            while self.deadlines and self.deadlines[0][0] <= now:
+                request = self.deadlines.popleft()[1]
+                state = self.forget(request)
+                if state is not None:
+                    self.refuse(request, 408, 'headers not in within %g s'
+                                % HEADER_TIMEOUT, state)
+
+        def read(self, request, state):
+            ahead = state['ahead']
+            try:
+                data = request.recv(MAX_HEADER_BYTES + 1 - len(ahead))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = None
+            if not data:     # closed by the client: an answer only if it asked something
+                self.forget(request)
+                if ahead and data is not None:
+                    self.refuse(request, 400, 'connection closed within the headers', state)
+                else:
+                    request.close()
+                    self.server.slots.release()
+                return
+            ahead += data
+            end = header_end(ahead, state['scanned'])
+            state['scanned'] = max(0, len(ahead) - 3)
+            if 0 <= end <= MAX_HEADER_BYTES:
+                self.forget(request)
+                request.setblocking(True)
+                self.server.work.put((request, state['address'], bytes(ahead)))
+            elif len(ahead) > MAX_HEADER_BYTES:
+                self.forget(request)
+                code = 431 if b'\n' in ahead else 414
+                self.refuse(request, code, 'request line and headers over %d bytes'
+                            % MAX_HEADER_BYTES, state)
+
+        def forget(self, request):
+            """Stop watching `request`; its state, or None if it was not watched."""
+            try:
+                return self.selector.unregister(request).data
+            except (KeyError, ValueError):
+                return None
+
+        def refuse(self, request, code, reason, state):
+            refuse(request, code, reason, state['address'])
+            self.server.slots.release()
+
+    class ConnectionInput(io.RawIOBase):
+        """The bytes the header reader read ahead, then the socket, until `deadline`."""
+
+        def __init__(self, sock, ahead, deadline):
+            self.sock, self.ahead, self.deadline = sock, memoryview(ahead), deadline
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            if self.ahead:
+                n = min(len(buffer), len(self.ahead))
+                buffer[:n] = self.ahead[:n]
+                self.ahead = self.ahead[n:]
+                return n
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout('body not in within %g s' % BODY_TIMEOUT)
+            self.sock.settimeout(left)
+            try:
+                return self.sock.recv_into(buffer)
+            finally:
+                self.sock.settimeout(BODY_TIMEOUT)   # for writing the answer
+
+    class RequestHandler(WSGIRequestHandler):
+        default_request_version = 'HTTP/1.0'   # not 0.9: every answer has a status line
+
+        def setup(self):
+            self.request, ahead = self.request
+            self.request.settimeout(BODY_TIMEOUT)
+            WSGIRequestHandler.setup(self)
+            self.rfile.close()   # replaced: what the header reader read comes first
+            deadline = time.monotonic() + BODY_TIMEOUT
+            self.rfile = io.BufferedReader(ConnectionInput(self.request, ahead, deadline))
+
+        def handle(self):
+            # wsgiref's handle(), with the header checks, and a blank request line answered.
+            self.command, self.request_version = None, self.default_request_version
+            self.raw_requestline = self.rfile.readline(MAX_HEADER_BYTES + 1)
+            if not self.raw_requestline.strip():
+                self.requestline = ''
+                self.send_error(400)
+                return
+            if not self.parse_request():  # it has answered
+                return
+            problem = header_problem(self.headers)
+            if problem:
+                self.log_message('refused: %s', problem[1])
+                self.send_error(problem[0])
+                return
+            handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(),
+                                    self.get_environ())
+            handler.request_handler = self
+            handler.run(self.server.get_app())
+
         def log_request(self, code='-', size='-'):
-            # The query string carries personal data, the last path segment maybe the secret.
-            # There is no path when http.server refused the request line itself.
-            path = getattr(self, 'path', '').split('?')[0]
-            if path.strip('/'):
-                path = path.rstrip('/').rpartition('/')[0] + '/***'
-            self.log_message('"%s %s" %s %s', self.command, path, code, size)
+            # Neither the path (the secret, in one spelling or another) nor the query string
+            # (personal data): a fixed marker where the path was.
+            self.log_message('"%s%s" %s %s', self.command or '-',
+                             ' /***' if getattr(self, 'path', None) else '', code, size)
 
         def log_message(self, format, *args):
             WSGIRequestHandler.log_message(self, format, *args)
             sys.stderr.flush()  # before 3.9, Python block-buffers a stderr that is no tty
 
         def send_error(self, code, message=None, explain=None):
-            # What http.server refuses before the app runs (an unreadable or over-long request
-            # line, too many or too long headers) gets <Status>1</Status> too, not its HTML
-            # page, which would also echo the request line back.
+            # What http.server refuses before the app runs (an unreadable request line or
+            # version, too many or too long headers) gets <Status>1</Status> too, with a
+            # status line, not its HTML page, which would also echo the request line back.
             self.close_connection = True
+            if self.request_version not in ('HTTP/1.0', 'HTTP/1.1'):
+                self.request_version = self.default_request_version
             self.send_response(code)
             self.send_header('Content-Type', CONTENT_TYPE)
             self.send_header('Content-Length', str(len(RETRY)))
@@ -559,8 +899,75 @@ def make_server(host, port, app):
             # http.server's messages quote the raw request line; keep only their first word.
             self.log_message('error: %s', (format % args).split(' ')[0][:40])
 
-    from wsgiref.simple_server import make_server as wsgiref_make_server
-    return wsgiref_make_server(host, port, app, server_class=Server, handler_class=Handler)
+    server = ReceiverServer((host, port), RequestHandler)
+    server.set_app(app)
+    return server
+
+
+def header_end(ahead, start=0):
+    """Where the request line and headers in `ahead` end (-1: not yet); 0 for a blank
+    request line, which is answered at once (RFC 9112 2.2 lets a server skip it; the
+    connection only ever carries one request here)."""
+    if ahead[:1] == b'\n' or ahead[:2] == b'\r\n':
+        return 0
+    ends = [i for i in (ahead.find(b'\n\r\n', start), ahead.find(b'\n\n', start)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def header_problem(headers):
+    """(code, reason) for headers the small server refuses, else None; drops the headers
+    whose names hold anything but letters, digits and '-'.
+
+    wsgiref turns '-' into '_' (PEP 3333), so ``X_Forwarded_For: 1.2.3.4`` would join the
+    real X-Forwarded-For in HTTP_X_FORWARDED_FOR: such names are dropped, as nginx and Apache
+    do. A folded line (RFC 9112 5.2) or a repeated header that must be single is refused.
+    """
+    if len(headers) > MAX_HEADERS:
+        return 431, 'more than %d headers' % MAX_HEADERS
+    for name in set(headers.keys()):
+        if name.strip(HEADER_NAME_CHARS):
+            del headers[name]
+    for name, value in headers.items():
+        if '\r' in value or '\n' in value:
+            return 400, 'a folded header line'
+    for name in SINGLE_HEADERS:
+        if len(headers.get_all(name) or ()) > 1:
+            return 400, '%s given twice' % name
+    if 'Transfer-Encoding' in headers:
+        return 411, 'a body without Content-Length'
+    return None
+
+
+def drain(sock):
+    """Read, without waiting, what the client sent and nobody read (at most 1 MiB): a socket
+    closed with unread bytes sends a reset, which may overtake the answer (RFC 9112 9.6)."""
+    try:
+        sock.setblocking(False)
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+
+
+def refuse(sock, code, reason, client_address):
+    """Answer a connection <Status>1</Status> with HTTP `code` and close it, never waiting:
+    what the client has sent is read first (if it is still unread at close(), the client
+    gets a reset, which may overtake the answer)."""
+    import socket
+    from http.server import BaseHTTPRequestHandler
+    phrase = BaseHTTPRequestHandler.responses.get(code, ('',))[0]
+    head = ('HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: '
+            'no-store\r\nConnection: close\r\n\r\n' % (code, phrase, CONTENT_TYPE, len(RETRY)))
+    sys.stderr.write('%s - - fibosms-receiver: %d %s\n' % (client_address[0], code, reason))
+    sys.stderr.flush()
+    drain(sock)
+    try:
+        sock.send(head.encode('ascii') + RETRY)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def main(argv=None):

@@ -25,6 +25,7 @@ def run_cgi(db, query=b'', method='GET', body=None, content_type=None, path_info
         'PATH_INFO': path_info, 'SCRIPT_NAME': '/cgi-bin/receiver.py',
         'REMOTE_ADDR': '192.0.2.10', 'SERVER_NAME': 'sms.example.com', 'SERVER_PORT': '443',
         'SERVER_PROTOCOL': 'HTTP/1.1', 'FIBOSMS_DB': db,
+        'FIBOSMS_ALLOW': '192.0.2.10',     # a caller from elsewhere needs an allowlist or token
     }
     if body is not None:
         request['CONTENT_LENGTH'] = str(len(body))

@@ -68,7 +68,8 @@ def test_plain_cgi_push_imports_only_what_it_needs(tmp_path):
     """A CGI push without token, allowlist or hook loads none of the modules only they need."""
     code = '\n'.join([
         'import sys, wsgiref.util, receiver',
-        'environ = {"QUERY_STRING": "guid=g&phone=1", "wsgi.run_once": True}',
+        'environ = {"QUERY_STRING": "guid=g&phone=1", "wsgi.run_once": True,'
+        ' "REMOTE_ADDR": "127.0.0.1"}',
         'wsgiref.util.setup_testing_defaults(environ)',
         'body = receiver.application(environ, lambda status, headers: None)',
         'assert b"".join(body) == %r' % DONE,

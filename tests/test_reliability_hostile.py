@@ -213,13 +213,15 @@ def test_any_method_but_get_and_post_is_405_with_allow_and_no_row(client, db, fi
                lambda k: k not in ('HTTP_CONTENT_TYPE', 'HTTP_CONTENT_LENGTH')),
            LATIN1, max_size=6),
        remote=st.one_of(LATIN1, st.sampled_from(['::1', '127.0.0.1', 'fe80::1%eth0', ''])))
-def test_any_path_headers_and_caller_address_leave_a_push_stored(client, db, figures, path,
-                                                                 headers, remote):
-    """With no token or allowlist set, path, headers and address never stop a good push."""
+def test_any_path_headers_and_caller_address_leave_a_push_stored(make_client, db, figures,
+                                                                 path, headers, remote):
+    """With the secret as a parameter, path, headers and address never stop a good push."""
+    client = make_client(token='Zq81-k3y_7c2e')
     guid = 'p-%d' % totals(db)[1]
     before = totals(db)
-    res = send(client, environ_for(path=path, query=('guid=%s&phone=1' % guid).encode(),
-                                   headers=headers, remote=remote), figures)
+    query = 'guid=%s&phone=1&token=Zq81-k3y_7c2e' % guid
+    res = send(client, environ_for(path=path, query=query.encode(), headers=headers,
+                                   remote=remote), figures)
     check_answer(res, before, totals(db), {200})
 
 

@@ -344,7 +344,7 @@ def test_cgi_push_without_setting_goes_to_home(tmp_path):
     cwd.mkdir()
     env = clean_env(HOME=str(home), GATEWAY_INTERFACE='CGI/1.1', REQUEST_METHOD='GET',
                     QUERY_STRING='guid=g-home&phone=0912345678&message=hi', PATH_INFO='/',
-                    REMOTE_ADDR='192.0.2.1', SERVER_NAME='localhost', SERVER_PORT='80',
+                    REMOTE_ADDR='127.0.0.1', SERVER_NAME='localhost', SERVER_PORT='80',
                     SERVER_PROTOCOL='HTTP/1.1')
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'receiver.py')], cwd=str(cwd),
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
