@@ -123,7 +123,8 @@ def test_cgi_push_imports_neither_re_nor_wsgiref(tmp_path):
             '{"__name__": "__main__", "__file__": %r}); '
             'sys.stderr.write(" ".join(sorted(sys.modules)))' % ((script,) * 4))
     env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
-           'QUERY_STRING': PUSH.decode(), 'FIBOSMS_DB': str(tmp_path / 'messages.sqlite3')}
+           'QUERY_STRING': PUSH.decode(), 'REMOTE_ADDR': '127.0.0.1',
+           'FIBOSMS_DB': str(tmp_path / 'messages.sqlite3')}
     env.update({k: v for k, v in os.environ.items() if k in ('LD_LIBRARY_PATH',)})
     done = subprocess.run([sys.executable, '-S', '-c', code], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
