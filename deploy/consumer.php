@@ -89,7 +89,7 @@ function signature_matches($key, $id, $timestamp, $body, $signatures)
 function open_database($path)
 {
     if (!is_dir(dirname($path))) {
-        mkdir(dirname($path), 0700, true);
+        @mkdir(dirname($path), 0700, true);     // if it fails, PDO says so just below
     }
     $db = new PDO('sqlite:' . $path, null, null,
                   [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5]);
@@ -155,6 +155,9 @@ try {
         } catch (Throwable $ignored) {  // no transaction was open
         }
     }
-    answer(500, 'the work failed: ' . get_class($e), $id);
+    // The class only: your work's own exceptions may quote the message. The database's
+    // name what went wrong with it, not the data.
+    answer(500, 'the work failed: ' . get_class($e)
+                . ($e instanceof PDOException ? ': ' . substr($e->getMessage(), 0, 200) : ''), $id);
 }
 answer(204);

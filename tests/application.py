@@ -129,13 +129,11 @@ def wait_for_port(port, process, explain):
 class Consumer:
     """deploy/consumer.php served by Debian's php-cli (`php -S 127.0.0.1:PORT`), with the
     secret and database in its environment, as SetEnv would give them. .log() is its stderr
-    (the error log); .url its address. Raises, never skips, when php cannot start."""
+    (the error log, in the file log_path); .url its address. Raises, never skips, when php cannot start."""
 
-    def __init__(self, secret, db, script=CONSUMER):
-        self.db, self.port = db, free_port()
+    def __init__(self, secret, db, log_path, script=CONSUMER):
+        self.db, self.log_path, self.port = db, log_path, free_port()
         self.url = 'http://127.0.0.1:%d/consumer.php' % self.port
-        self.log_path = db + '.log'
-        os.makedirs(os.path.dirname(db), exist_ok=True)
         env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'FIBOSMS_CONSUMER_DB': db}
         if secret is not None:
             env['FIBOSMS_FORWARD_SECRET'] = secret
