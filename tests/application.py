@@ -131,8 +131,8 @@ class Consumer:
     secret and database in its environment, as SetEnv would give them. .log() is its stderr
     (the error log, in the file log_path); .url its address. Raises, never skips, when php cannot start."""
 
-    def __init__(self, secret, db, log_path, script=CONSUMER):
-        self.db, self.log_path, self.port = db, log_path, free_port()
+    def __init__(self, secret, db, log_path, port=None, script=CONSUMER):
+        self.db, self.log_path, self.port = db, log_path, port or free_port()
         self.url = 'http://127.0.0.1:%d/consumer.php' % self.port
         env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'FIBOSMS_CONSUMER_DB': db}
         if secret is not None:
