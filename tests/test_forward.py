@@ -502,3 +502,48 @@ def test_readme_secret_command_makes_a_usable_secret():
     headers['webhook-signature'] = forward.sign(forward.secret_key(secret), 'g-1',
                                                 int(headers['webhook-timestamp']), body)
     assert oracle.verify(secret, [(headers, body)]) == ['ok']
+
+
+def readme_section():
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    return text.split('## Forward to your application\n')[1].split('\n## ')[0]
+
+
+def test_readme_example_request_is_signed_as_it_says():
+    """README's example request carries the signature of its body with its example secret."""
+    import re
+    section = readme_section()
+    secret = re.search(r'here signed with `(whsec_[^`]+)`', section).group(1)
+    block = section.split('here signed with')[1].split('```\n')[1]
+    head, body = block.rstrip('\n').split('\n\n')
+    headers = dict(line.split(': ', 1) for line in head.splitlines()[1:])
+    body = body.encode('utf-8')
+    assert headers['webhook-signature'] == forward.sign(
+        forward.secret_key(secret), headers['webhook-id'], int(headers['webhook-timestamp']),
+        body)
+    assert sorted(json.loads(body.decode('utf-8'))) == sorted(forward.FIELDS)
+
+
+def test_readme_python_check_takes_real_forwards_and_refuses_forgeries(forwarding, app):
+    """README's few lines of Python accept the receiver's request and refuse a changed body,
+    another secret and a timestamp over 5 minutes old."""
+    code = readme_section().split('```python\n')[1].split('```')[0]
+    namespace = {}
+    exec(compile(code, 'README.md', 'exec'), namespace)
+    verify = namespace['verify']
+    forwarding().get(PUSH)
+    [request] = app.requests
+    headers, body = request.headers, request.body
+    assert verify(SECRET, headers, body) is True
+    assert verify(SECRET, headers, body.replace(b'0912345678', b'0912345679')) is False
+    assert verify(OTHER_SECRET, headers, body) is False
+    stale = dict(headers, **{'webhook-timestamp': str(int(time.time()) - 301)})
+    stale['webhook-signature'] = forward.sign(forward.secret_key(SECRET), 'g-1',
+                                              int(stale['webhook-timestamp']), body)
+    assert verify(SECRET, stale, body) is False
+
+
+def test_readme_states_the_forward_timeout():
+    """README gives the forward's bound as the code has it."""
+    assert 'no answer within %d seconds' % forward.TIMEOUT in ' '.join(readme_section().split())
