@@ -148,12 +148,12 @@ class Target:
         if not url or any(not 32 < ord(c) < 127 for c in url):
             raise ConfigurationError('FIBOSMS_FORWARD_URL is empty or holds spaces, control or'
                                      ' non-ASCII characters: percent-encode them')
-        parts = urllib.parse.urlsplit(url)
         try:
+            parts = urllib.parse.urlsplit(url)
             port = parts.port
-        except ValueError:
-            port = -1
-        if parts.scheme not in ('http', 'https') or not parts.hostname or port == -1:
+        except ValueError:  # a port that is no number or out of range, an unclosed [IPv6
+            parts, port = None, -1
+        if port == -1 or parts.scheme not in ('http', 'https') or not parts.hostname:
             raise ConfigurationError('FIBOSMS_FORWARD_URL is not http://host/path or'
                                      ' https://host/path (with a port from 1 to 65535, if any)')
         self.https = parts.scheme == 'https'

@@ -129,7 +129,8 @@ def wait_for_port(port, process, explain):
 class Consumer:
     """deploy/consumer.php served by Debian's php-cli (`php -S 127.0.0.1:PORT`), with the
     secret and database in its environment, as SetEnv would give them. .log() is its stderr
-    (the error log, in the file log_path); .url its address. Raises, never skips, when php cannot start."""
+    (the error log, in the file log_path); .url its address. Raises, never skips, when php
+    cannot start."""
 
     def __init__(self, secret, db, log_path, port=None, script=CONSUMER):
         self.db, self.log_path, self.port = db, log_path, port or free_port()

@@ -383,7 +383,7 @@ def test_malformed_secret_is_a_configuration_error(forwarding, app, db, secret):
 @pytest.mark.parametrize('url', [
     'ftp://127.0.0.1/hook', 'http://', '127.0.0.1:8080/hook', 'http://127.0.0.1:99999/',
     'http://127.0.0.1:port/', 'http://127.0.0.1/a b', 'http://127.0.0.1/\r\nX: 1',
-    'http://127.0.0.1/đ',
+    'http://127.0.0.1/đ', 'http://[::1/hook', 'http://:8080/hook', 'mailto:shop@example.com',
 ])
 def test_unusable_url_is_a_configuration_error(forwarding, db, url):
     """A URL that is not http(s)://host/...: 503, one line naming the setting, row failed."""

@@ -1,9 +1,11 @@
-"""Forwarding in real deployments: a push through Apache with mod_wsgi (the shipped
-deploy/apache-mod_wsgi.conf, its forwarding lines switched on) forwarded to deploy/consumer.php
-under php -S; `python3 receiver.py` run as a CGI process forwarding within its own process;
-and kill -9 of the small server while a forward is in flight."""
+"""Forwarding in real deployments: a push through Apache, with mod_wsgi (the shipped
+deploy/apache-mod_wsgi.conf, its forwarding lines switched on) and with CGI (deploy/cgi/,
+receiver.cgi's FORWARD_ lines set), forwarded to deploy/consumer.php under php -S;
+`python3 receiver.py` run as a CGI process forwarding within its own process; and kill -9 of
+the small server while a forward is in flight."""
 import base64
 import os
+import pwd
 import sqlite3
 import subprocess
 import sys
@@ -102,6 +104,45 @@ def test_apache_mod_wsgi_consumer_down_answers_1_then_retry_forwards(site, consu
     _, response = site.push(message='down', guid=guid)
     assert (response.status, response.body) == (200, DONE), response
     assert guid in [row[0] for row in consumer.rows('sms')]
+
+
+@pytest.fixture(scope='module')
+def shared_host(consumer):
+    """deploy/cgi/ on Apache with mod_cgid, receiver.cgi's FORWARD_ lines set to the consumer."""
+    from test_deploy_apache_cgi import HOST_CONFIG, upload
+    ws = servers.Workspace('forward-cgi')
+    apache = None
+    try:
+        folder = upload(ws, ws.www, pwd.getpwnam(ws.user))
+        ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
+            ("os.path.expanduser('~/fibosms')", repr(ws.app)),
+            ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
+            ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
+            ('FORWARD_URL = None', 'FORWARD_URL = %r' % consumer.url),
+            ('FORWARD_SECRET = None', 'FORWARD_SECRET = %r' % SECRET),
+        ]), mode=0o755)
+        apache = servers.Apache(ws, ['cgid'], HOST_CONFIG.format(run=ws.run, www=ws.www))
+        apache.start()
+        root = 'http://127.0.0.1:%d/fibosms/' % apache.port
+        site = servers.Site(base=root + 'receiver.cgi/', db=ws.db, folder_url=None,
+                            access_log=lambda: ws.log('error.log'))
+        site.error_log = lambda: ws.log('error.log')
+        yield site
+    finally:
+        if apache is not None:
+            apache.stop()
+        ws.remove()
+
+
+def test_apache_cgi_push_is_forwarded_to_the_php_consumer(shared_host, consumer):
+    """A push to the shared-hosting set-up, with forwarding set in receiver.cgi, reaches
+    consumer.php before it is answered 2; the error log holds nothing."""
+    guid, response = shared_host.push()
+    assert (response.status, response.body) == (200, DONE), (response,
+                                                             shared_host.error_log())
+    assert (guid, PHONE, VIETNAMESE) in [row[:3] for row in consumer.rows('sms')]
+    assert servers.stored(shared_host.db, guid)[0]['state'] == 'processed'
+    assert guid not in shared_host.error_log()
 
 
 # -- receiver.py as a CGI process -------------------------------------------------------------
