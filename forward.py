@@ -175,7 +175,8 @@ def post(target, headers, body, timeout):
     Redirects are never followed (http.client does not). The connection is cut `timeout`
     seconds after the start: connecting (the name lookup aside) and then each read and write
     wait at most what is left, and a watchdog ends an answer that trickles in.
-    Raises OSError or http.client.HTTPException; socket.timeout when the time ran out.
+    Raises OSError or http.client.HTTPException (and, on Python 3.6, ssl.CertificateError,
+    a ValueError); socket.timeout when the time ran out.
     """
     import threading
     deadline = time.monotonic() + timeout
@@ -193,6 +194,7 @@ def post(target, headers, body, timeout):
             raise socket.timeout('timed out')
         conn.sock.settimeout(left)
         watchdog = threading.Timer(left, cut_off, (conn.sock, late))
+        watchdog.daemon = True      # never what keeps a CGI process from ending
         watchdog.start()
         try:
             conn.request('POST', target.path, body, headers)
@@ -246,12 +248,14 @@ def sign(key, msg_id, timestamp, body):
 
 def secret_key(secret):
     """The HMAC key in a ``whsec_<base64>`` secret; ConfigurationError, never quoting it."""
-    encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else None
-    try:
-        # Padding may be left off, as the official libraries allow.
-        key = base64.b64decode(encoded + '=' * (-len(encoded) % 4), validate=True)
-    except (TypeError, ValueError):     # no prefix (None), not base64 (binascii.Error)
-        key = b''
+    key = b''
+    if secret.startswith(SECRET_PREFIX):
+        encoded = secret[len(SECRET_PREFIX):]
+        try:
+            # Padding may be left off, as the official libraries allow.
+            key = base64.b64decode(encoded + '=' * (-len(encoded) % 4), validate=True)
+        except ValueError:  # not base64 (binascii.Error), or not ASCII
+            pass
     if not SECRET_BYTES[0] <= len(key) <= SECRET_BYTES[1]:
         raise ConfigurationError('FIBOSMS_FORWARD_SECRET is not whsec_ followed by the base64'
                                  ' of %d to %d random bytes' % SECRET_BYTES)

@@ -62,7 +62,8 @@ class Application:
             scheme = 'https'
         self.port = self.server.server_address[1]
         self.url = '%s://127.0.0.1:%d/hook' % (scheme, self.port)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def handle(self, handler):
