@@ -175,6 +175,29 @@ def test_cgi_push_with_the_application_down_answers_1(db):
     assert rows(db)[0]['state'] == 'failed'
 
 
+def test_cgi_push_to_a_hung_application_answers_1_at_the_forward_timeout(db):
+    """An application that never answers: the CGI push gets 503 <Status>1</Status> after
+    forward.TIMEOUT, before the hook's 20 s, and the row is failed, its claim released."""
+    import forward
+    import receiver
+    app = Application()
+    app.hang = 60
+    try:
+        start = time.monotonic()
+        code, body, err = run_cgi(db, 'guid=g-1&phone=0912345678&message=hi',
+                                  extra={'FIBOSMS_FORWARD_URL': app.url,
+                                         'FIBOSMS_FORWARD_SECRET': SECRET})
+        elapsed = time.monotonic() - start
+    finally:
+        app.stop()
+    assert (code, body) == (503, RETRY)
+    assert forward.TIMEOUT <= elapsed < receiver.HANDLER_TIMEOUT
+    assert 'no answer within %g s' % forward.TIMEOUT in err
+    [row] = rows(db)
+    assert (row['state'], row['claimed_until']) == ('failed', None)
+    assert oracle.verify(SECRET, [(r.headers, r.body) for r in app.requests]) == ['ok']
+
+
 # -- kill -9 while a forward is in flight -----------------------------------------------------
 
 def expire_claim(db, guid):
