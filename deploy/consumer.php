@@ -31,7 +31,9 @@
 // and left as it is here; if you write it here instead, keep this file unreadable to others.
 $SECRET = getenv('FIBOSMS_FORWARD_SECRET');
 // CHANGE: the database, OUTSIDE the web root, in a folder the web server's user may write.
-$DATABASE = getenv('FIBOSMS_CONSUMER_DB') ?: dirname(__DIR__) . '/fibosms-consumer/consumer.sqlite3';
+// By default a folder beside the web root: /home/you/public_html -> /home/you/fibosms-consumer/
+$DATABASE = getenv('FIBOSMS_CONSUMER_DB')
+    ?: dirname(realpath($_SERVER['DOCUMENT_ROOT'])) . '/fibosms-consumer/consumer.sqlite3';
 
 const TOLERANCE = 300;          // seconds a webhook-timestamp may be off (the spec's 5 minutes)
 const MAX_BODY = 65536;         // bytes; the receiver's pushes are far smaller

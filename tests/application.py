@@ -130,20 +130,23 @@ def wait_for_port(port, process, explain):
 class Consumer:
     """deploy/consumer.php served by Debian's php-cli (`php -S 127.0.0.1:PORT`), with the
     secret and database in its environment, as SetEnv would give them. .log() is its stderr
-    (the error log, in the file log_path); .url its address. Raises, never skips, when php
+    (the error log, in the file log_path); .url its address. With default_db, the page is
+    left to choose its database (`db` is where it should land). Raises, never skips, when php
     cannot start."""
 
-    def __init__(self, secret, db, log_path, port=None, script=CONSUMER):
+    def __init__(self, secret, db, log_path, port=None, script=CONSUMER, default_db=False):
         self.db, self.log_path, self.port = db, log_path, port or free_port()
         self.url = 'http://127.0.0.1:%d/consumer.php' % self.port
-        env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'FIBOSMS_CONSUMER_DB': db}
+        env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin')}
         if secret is not None:
             env['FIBOSMS_FORWARD_SECRET'] = secret
+        if not default_db:
+            env['FIBOSMS_CONSUMER_DB'] = db
         with open(self.log_path, 'wb') as log:
             try:
                 self.process = subprocess.Popen(
-                    ['php', '-S', '127.0.0.1:%d' % self.port, script], env=env,
-                    stdout=subprocess.DEVNULL, stderr=log, cwd=os.path.dirname(script))
+                    ['php', '-S', '127.0.0.1:%d' % self.port, '-t', os.path.dirname(script),
+                     script], env=env, stdout=subprocess.DEVNULL, stderr=log, cwd='/')
             except FileNotFoundError:
                 raise RuntimeError('php is not installed (apt-get install php-cli php-sqlite3)')
         wait_for_port(self.port, self.process, self.log)

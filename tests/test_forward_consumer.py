@@ -4,13 +4,14 @@ changed body, a wrong secret and a stale timestamp, as the Standard Webhooks spe
 import base64
 import http.client
 import json
+import os
 import time
 
 import pytest
 
 import forward
 import oracle
-from application import Application, Consumer
+from application import CONSUMER, Application, Consumer
 from conftest import DONE, RETRY, rows
 
 SECRET = 'whsec_' + base64.b64encode(bytes(range(40, 72))).decode()
@@ -206,5 +207,25 @@ def test_consumer_whose_work_fails_answers_500_and_handles_it_later(tmp_path, ma
     try:
         assert client.get('/?guid=g-1&phone=0912345678&message=hi').body == DONE
         assert [r[0] for r in server.rows('sms')] == ['g-1']
+    finally:
+        server.stop()
+
+
+def test_consumer_keeps_its_database_beside_the_web_root_by_default(tmp_path, make_client):
+    """Without FIBOSMS_CONSUMER_DB the page keeps its database in fibosms-consumer/ beside
+    its document root, never under it."""
+    import shutil
+    www = tmp_path / 'public_html'
+    www.mkdir()
+    script = str(www / 'consumer.php')
+    shutil.copyfile(CONSUMER, script)
+    expected = str(tmp_path / 'fibosms-consumer' / 'consumer.sqlite3')
+    server = Consumer(SECRET, expected, str(tmp_path / 'php.log'), script=script,
+                      default_db=True)
+    try:
+        client = make_client(forward_url=server.url, forward_secret=SECRET)
+        assert client.get('/?guid=g-1&phone=0912345678&message=hi').body == DONE
+        assert [r[0] for r in server.rows('sms')] == ['g-1']
+        assert sorted(os.listdir(str(www))) == ['consumer.php']
     finally:
         server.stop()
