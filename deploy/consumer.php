@@ -41,7 +41,9 @@ const MAX_BODY = 65536;         // bytes; the receiver's pushes are far smaller
 ini_set('display_errors', '0'); // a PHP error's text goes to the error log, never to the caller
 
 
-/** Your work with one SMS, inside the transaction: throw to refuse it (500, sent again). */
+/** Your work with one SMS, inside the transaction: throw to refuse it (500, sent again).
+ *  What it does outside this database (a reply SMS, a call to another system) is not undone
+ *  if the transaction then fails, and is done again with the next try: make it safe to repeat. */
 function handle_sms(PDO $db, array $sms)
 {
     // An example: keep it. Replace with yours (a reply, an order, a CRM entry...).
