@@ -50,6 +50,8 @@ the default; or given to ``make_app(...)``, which beats both:
     FIBOSMS_ALLOW            addresses and networks allowed to call, comma-separated
     FIBOSMS_TRUSTED_PROXIES  proxies whose X-Forwarded-For is believed, comma-separated
     FIBOSMS_HANDLER          module:function called with each stored message
+    FIBOSMS_FORWARD_URL      instead of a hook, POST each stored message there (forward.py)
+    FIBOSMS_FORWARD_SECRET   its Standard Webhooks signing secret, whsec_... (never logged)
     FIBOSMS_JOURNAL          wal or delete (default: wal, delete on a network filesystem)
 
 Run as: a WSGI application (``application``); a CGI script (GATEWAY_INTERFACE is set); or
@@ -115,7 +117,8 @@ SINGLE_HEADERS = ('Content-Length', 'Content-Type', 'Host')    # twice: 400
 SETTINGS = {                    # make_app() argument -> environment variable
     'db': 'FIBOSMS_DB', 'token': 'FIBOSMS_TOKEN', 'allow': 'FIBOSMS_ALLOW',
     'trusted_proxies': 'FIBOSMS_TRUSTED_PROXIES', 'handler': 'FIBOSMS_HANDLER',
-    'journal': 'FIBOSMS_JOURNAL',
+    'journal': 'FIBOSMS_JOURNAL', 'forward_url': 'FIBOSMS_FORWARD_URL',
+    'forward_secret': 'FIBOSMS_FORWARD_SECRET',
 }
 
 
@@ -132,11 +135,13 @@ class Reject(Exception):
 # -- The application --------------------------------------------------------------------------
 
 def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None,
-             journal=None, handler_timeout=HANDLER_TIMEOUT):
+             journal=None, handler_timeout=HANDLER_TIMEOUT, forward_url=None,
+             forward_secret=None):
     """A WSGI application. Arguments left None are read per request from the WSGI environ,
     then os.environ, then defaults. `handler` may be a callable or 'module:function'."""
     given = {'db': db, 'token': token, 'allow': allow, 'handler': handler,
-             'trusted_proxies': trusted_proxies, 'journal': journal}
+             'trusted_proxies': trusted_proxies, 'journal': journal,
+             'forward_url': forward_url, 'forward_secret': forward_secret}
     connections = storage.Connections()
 
     def app(environ, start_response):
@@ -520,7 +525,8 @@ def parse_networks(text):
 
 def store_and_process(push, config, environ, connections, handler_timeout):
     """Store the push durably and run the hook; return normally only when the answer is 2."""
-    handler = config['handler']
+    handler = storage.choose_hook(config['handler'], config['forward_url'],
+                                  config['forward_secret'])
     # A server whose threads live on keeps each thread's connection open; a CGI process
     # (wsgi.run_once, PEP 3333) serves one request, so it opens and closes one.
     keep = not environ.get('wsgi.run_once')

@@ -39,6 +39,8 @@ Command line (``python3 storage.py --help``)::
         | export [--format csv|jsonl] [--since TIMESTAMP] | backup DEST
         | purge --older-than DAYS [--include-failed] [--dry-run]
         | check [--max-silence HOURS] [--quiet]
+
+``retry`` runs FIBOSMS_HANDLER's hook, or forwards (FIBOSMS_FORWARD_URL and _SECRET).
 """
 import os
 import sqlite3
@@ -565,8 +567,9 @@ def process(connect, guid, handler):
     `handler` is a callable or 'module:function'; `message` is the stored row as a dict, its
     ``extra`` parameters as a dict.
     `connect` opens a fresh connection (this may run in a thread of its own). Returns None
-    when the hook returned, or the exception's class name when it raised; the traceback goes
-    to the row's ``last_error`` for the operator.
+    when the hook returned, or a line for the log when it raised: the exception's class name,
+    or its `summary` if it has one (forward.py's name the host and status, never the message);
+    the traceback goes to the row's ``last_error`` for the operator.
     """
     import json
     conn = connect()
@@ -582,7 +585,7 @@ def process(connect, guid, handler):
         handler(message)
     except (Exception, SystemExit) as exc:  # sys.exit() in a hook thread would end it unseen
         import traceback
-        error, summary = traceback.format_exc(), type(exc).__name__
+        error, summary = traceback.format_exc(), getattr(exc, 'summary', type(exc).__name__)
     else:
         error = summary = None
     conn = connect()
@@ -595,6 +598,16 @@ def process(connect, guid, handler):
     finally:
         conn.close()
     return summary
+
+
+def choose_hook(handler, forward_url=None, forward_secret=None):
+    """What processes a stored message: `handler` (a callable or 'module:function'), or with
+    `forward_url` set, a POST to the business's application (forward.py, imported only then);
+    None when storing is all."""
+    if not forward_url:
+        return handler
+    import forward
+    return forward.Forwarder(forward_url, forward_secret, handler)
 
 
 def load_handler(spec):
@@ -725,9 +738,12 @@ def cmd_stats(conn, args):
 
 def cmd_retry(conn, args):
     """Run the hook again over messages whose hook failed or whose claim expired (for cron)."""
-    spec = args.handler or os.environ.get('FIBOSMS_HANDLER')
+    spec = choose_hook(args.handler or os.environ.get('FIBOSMS_HANDLER'),
+                       os.environ.get('FIBOSMS_FORWARD_URL'),
+                       os.environ.get('FIBOSMS_FORWARD_SECRET'))
     if not spec:
-        print('no hook: give --handler module:function or set FIBOSMS_HANDLER', file=sys.stderr)
+        print('no hook: give --handler module:function or set FIBOSMS_HANDLER'
+              ' or FIBOSMS_FORWARD_URL', file=sys.stderr)
         return 2
     failures = 0
     for (guid,) in conn.execute(SELECT_RETRYABLE, (time.time(),)).fetchall():

@@ -85,13 +85,13 @@ class Workspace:
         self.user, self.group = run_user()
         self.uid = pwd.getpwnam(self.user).pw_uid
         self.gid = grp.getgrnam(self.group).gr_gid
-        self.app = self.folder('app')                 # receiver.py, storage.py
+        self.app = self.folder('app')                 # receiver.py, storage.py, forward.py
         self.www = self.folder('www')                 # DocumentRoot
         self.logs = self.folder('logs')
         self.run = self.folder('run')
         self.data = self.folder('data', owned=True, mode=0o700)
         self.db = os.path.join(self.data, 'messages.sqlite3')
-        for name in ('receiver.py', 'storage.py'):
+        for name in ('receiver.py', 'storage.py', 'forward.py'):
             self.copy(os.path.join(ROOT, name), os.path.join(self.app, name), 0o644)
         self.cert, self.key = make_certificate(self.folder('tls', mode=0o700))
 
