@@ -119,7 +119,7 @@ def test_serve_cgi_app_that_raises_answers_503_status_1(tmp_path):
 def test_cgi_push_imports_neither_re_nor_wsgiref(tmp_path):
     """A push as CGI imports no module it does not need: not re, not wsgiref."""
     script = os.path.join(ROOT, 'receiver.py')
-    code = ('import sys; sys.argv = [%r]; exec(compile(open(%r).read(), %r, "exec"), '
+    code = ('import sys; sys.argv = [%r]; exec(compile(open(%r, "rb").read(), %r, "exec"), '
             '{"__name__": "__main__", "__file__": %r}); '
             'sys.stderr.write(" ".join(sorted(sys.modules)))' % ((script,) * 4))
     env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',

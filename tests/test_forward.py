@@ -428,7 +428,7 @@ import io, sys, wsgiref.util
 sys.path.insert(0, %r)
 import receiver
 env = {'QUERY_STRING': 'guid=g-1&phone=0912345678&message=hi', 'wsgi.errors': sys.stderr,
-       'FIBOSMS_DB': %r}
+       'FIBOSMS_DB': %r, 'REMOTE_ADDR': '127.0.0.1'}
 wsgiref.util.setup_testing_defaults(env)
 out = receiver.application(env, lambda status, headers: None)
 assert b''.join(out) == b'<Status>2</Status>', out
