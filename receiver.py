@@ -96,6 +96,7 @@ MAX_INPUT = 16 * 1024           # bytes, of the query string and of the body, ea
 MAX_GUID = 128                  # characters
 MAX_PHONE = 32                  # characters
 HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
+MAX_RESOLVED = 16               # sets of settings an app remembers (see make_app)
 CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
 HEX = frozenset(b'0123456789abcdefABCDEF')
 PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
@@ -143,11 +144,19 @@ def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None
              'trusted_proxies': trusted_proxies, 'journal': journal,
              'forward_url': forward_url, 'forward_secret': forward_secret}
     connections = storage.Connections()
+    # Settings resolved once per distinct set of FIBOSMS_* values in the WSGI environ (a
+    # server has one, or one per Apache SetEnv block): os.environ is read then, not per push.
+    resolved = {}
 
     def app(environ, start_response):
         guid = None
         try:
-            config = settings(environ, given)
+            key = tuple(environ.get(variable) for variable in SETTINGS.values())
+            config = resolved.get(key)
+            if config is None:
+                if len(resolved) >= MAX_RESOLVED:
+                    resolved.clear()
+                config = resolved[key] = settings(environ, given)
             push = read_push(environ, config)
             guid = push['guid']
             store_and_process(push, config, environ, connections, handler_timeout)

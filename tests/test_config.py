@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import webtest
 
 import receiver
 from conftest import DONE, RETRY, ROOT, rows
@@ -85,3 +86,15 @@ def test_settings_are_documented_in_the_module_docstring():
     """Every setting the app reads is named in receiver.py's docstring."""
     for variable in receiver.SETTINGS.values():
         assert variable in receiver.__doc__
+
+
+def test_each_environ_setting_is_honoured_by_one_app(tmp_path):
+    """One app, requests with different FIBOSMS_DB in their environ (two Apache SetEnv
+    blocks): each push lands in its own database, every time."""
+    app = webtest.TestApp(receiver.make_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+    dbs = [str(tmp_path / name / 'messages.sqlite3') for name in ('a', 'b')]
+    for n in range(3):
+        for db in dbs:
+            res = app.get('/?guid=g-%d&phone=1' % n, extra_environ={'FIBOSMS_DB': db})
+            assert res.body == DONE
+    assert [[r['guid'] for r in rows(db)] for db in dbs] == [['g-0', 'g-1', 'g-2']] * 2
