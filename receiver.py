@@ -480,6 +480,8 @@ def holds_secret(text, secret, charset):
     """Whether decoded `text` holds the `secret` (str), its bytes read in any of CHARSETS."""
     if secret in text:
         return True
+    if max(secret) < '\x80':   # ASCII reads the same in every one of CHARSETS: looked for
+        return False
     sent = text.encode(charset, 'replace')     # the bytes as the gateway sent them
     return any(secret in sent.decode(other, 'replace') for other in CHARSETS)
 

@@ -437,8 +437,8 @@ class ConnectionUse:
                                        ' restart it' % self.path)
                 conn = None
         if conn is None:
-            conn = connect(self.path, self.journal)
-        self.conn, self.state = conn, FileState(self.path)
+            conn, now = connect(self.path, self.journal), FileState(self.path)
+        self.conn, self.state = conn, now
         return conn
 
     def __exit__(self, kind, value, tb):
