@@ -628,6 +628,7 @@ def load_handler(spec):
 
 LIST_COLUMNS = ('received_at', 'guid', 'phone', 'state', 'deliveries', 'message')
 MIN_PURGE_DAYS = 7      # the gateway may still retry a recent guid; purged, it is stored anew
+MAX_PURGE_DAYS = 36500  # a cutoff before the year 1000 would not sort as text: received_at
 BATCH = 500             # rows a purge transaction deletes, an export read reads: a push waits less
 # Shown escaped by list and show, as Python writes them (\x1b, \n, \u202e): the C0 and C1
 # controls and DEL, which a terminal obeys (ESC [2J clears it, ESC ]0; retitles it), the line
@@ -686,6 +687,10 @@ def cmd_show(conn, args):
 
 def cmd_export(conn, args):
     """Write the messages as CSV or JSON Lines (see EXPORT_HELP)."""
+    if sys.stdout.isatty():  # the text as sent: a message's escape codes would reach the terminal
+        print('storage.py export: writes messages as they are, escape codes included: send it'
+              ' to a file or a pipe (or use list and show)', file=sys.stderr)
+        return 2
     names = [d[0] for d in conn.execute('SELECT * FROM messages LIMIT 0').description]
     if args.format == 'csv':
         import csv
@@ -875,8 +880,15 @@ def cmd_backup(conn, args):
         counts = copy_database(source, temp)
         check_copy(temp, counts)
         fsync_path(temp)
+        # A -wal or -journal left beside DEST belongs to the file it replaces (or was put
+        # there by someone else): SQLite would play it into the copy. Removed first, and the
+        # copy checked again where it now lies.
+        for end in ('-wal', '-shm', '-journal'):
+            if os.path.lexists(dest + end):
+                os.remove(dest + end)
         os.rename(temp, dest)
         fsync_path(folder)  # the rename itself must survive a power cut
+        check_copy(dest, counts)
     except (StorageError, sqlite3.Error, OSError) as exc:
         remove_database(temp)
         return backup_failed(dest, exc)
@@ -1008,7 +1020,7 @@ def since_timestamp(text):
 
 
 def purge_days(text):
-    """--older-than's value: whole days, at least MIN_PURGE_DAYS."""
+    """--older-than's value: whole days, MIN_PURGE_DAYS to MAX_PURGE_DAYS."""
     import argparse
     try:
         days = int(text)
@@ -1018,6 +1030,8 @@ def purge_days(text):
         raise argparse.ArgumentTypeError(
             '%d is below %d: the gateway may still send a guid that recent again, and once'
             ' purged it would be stored as a new message' % (days, MIN_PURGE_DAYS))
+    if days > MAX_PURGE_DAYS:
+        raise argparse.ArgumentTypeError('%d is over %d days' % (days, MAX_PURGE_DAYS))
     return days
 
 

@@ -250,6 +250,23 @@ def test_backup_refuses_to_write_over_the_live_database(db):
     assert guids(db) == ['g-1']
 
 
+def test_backup_is_not_changed_by_a_wal_file_left_beside_dest(db, tmp_path):
+    """A -wal file left beside DEST (an old copy's, or planted) is not played into the new
+    backup: the copy read back at DEST holds every message."""
+    dest = str(tmp_path / 'backup.sqlite3')
+    store(db, 'g-1')
+    assert cli(db, 'backup', dest)[0] == 0
+    code = ('import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);'
+            'c.execute("PRAGMA wal_autocheckpoint = 0"); c.execute("DELETE FROM messages");'
+            'os._exit(9)')   # a reader that crashed leaves its -wal: the rows deleted there
+    subprocess.call([sys.executable, '-c', code, dest])
+    assert os.path.exists(dest + '-wal')
+    store(db, 'g-2')
+    code, out, err = cli(db, 'backup', dest)
+    assert code == 0, err
+    assert guids(dest) == ['g-1', 'g-2']
+
+
 def test_backup_into_a_missing_folder_fails_clearly(db, tmp_path):
     """`backup` into a folder that does not exist exits 1 with one line, creating nothing."""
     store(db, 'g-1')
@@ -308,16 +325,18 @@ def test_interrupted_backup_leaves_nothing(db, tmp_path):
 
 # -- purge ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('days', ['6', '0', '-7', 'seven', '7.5'])
+@pytest.mark.parametrize('days', ['6', '0', '-7', 'seven', '7.5', '36501', '500000'])
 def test_purge_refuses_fewer_than_seven_days(db, days):
-    """`purge --older-than` below 7 (or not a whole number) is refused before anything is
-    opened, with the reason, exit 2."""
+    """`purge --older-than` below 7, over 36500 (a cutoff before the year 1000 sorts after
+    today as text), or not a whole number is refused before anything is opened, exit 2."""
     store(db, 'g-old', age=30 * DAY)
     code, out, err = cli(db, 'purge', '--older-than', days)
     assert (code, out) == (2, b'')
     assert 'argument --older-than' in err
     if days in ('6', '0', '-7'):
         assert 'below 7' in err and 'stored as a new message' in err
+    if days in ('36501', '500000'):
+        assert 'is over 36500 days' in err
     assert guids(db) == ['g-old']
 
 
@@ -739,3 +758,38 @@ def test_list_keeps_unicode_letters(db):
     store(db, 'g-vi', message=MARKER)
     code, out, _ = cli(db, 'list')
     assert out.decode('utf-8').splitlines()[1].split('\t')[5] == MARKER
+
+
+def test_export_to_a_terminal_is_refused(db):
+    """`export` writes text as sent, escape codes included: not to a terminal (a pty here)."""
+    import pty
+    store(db, 'g-1', message='\x1b]0;pwned\x07')
+    main, side = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, os.path.join(ROOT, 'storage.py'), '--db', db,
+                               'export'], env=clean_env(), stdout=side,
+                              stderr=subprocess.PIPE, timeout=60)
+        os.close(side)
+        side = None
+        assert done.returncode == 2
+        assert b'send it to a file or a pipe' in done.stderr
+        assert b'pwned' not in read_all(main)
+    finally:
+        if side is not None:
+            os.close(side)
+        os.close(main)
+
+
+def read_all(fd):
+    """What a pty's other side has written, without waiting for more."""
+    import select
+    data = b''
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:   # the other side is closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
