@@ -101,11 +101,14 @@ CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any
 HEX = frozenset(b'0123456789abcdefABCDEF')
 PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
     'change-me-to-a-long-random-secret', 'secret', '<this secret>', 'change-me', 'changeme')
+MIN_TOKEN = 12                  # characters of FIBOSMS_TOKEN, at least
 PROXY_HEADERS = ('HTTP_X_FORWARDED_FOR', 'HTTP_FORWARDED', 'HTTP_X_REAL_IP')
 # The small server (python3 receiver.py) facing clients itself, without a front end.
 LISTEN_BACKLOG = 128            # connections the kernel holds until they are accepted
 MAX_CONNECTIONS = 512           # open at once (under the usual 1024 file descriptors): the
                                 # next one is answered 503 at once
+MAX_PER_ADDRESS = 16            # open at once from one address, but for a front end's:
+FRONT_END_ADDRESSES = ('127.0.0.1', '::1', '::ffff:127.0.0.1')
 WORKERS = 16                    # threads running requests whose headers are all in
 HEADER_TIMEOUT = 10.0           # seconds from connecting to the end of the headers, else 408
 BODY_TIMEOUT = 10.0             # seconds for the body once the headers are in, else 408
@@ -227,6 +230,11 @@ def check_settings(config, environ, remote):
     if token is not None and token.strip().lower() in PLACEHOLDER_TOKENS:
         raise Reject(503, 'configuration: FIBOSMS_TOKEN is still the example value; set it'
                           ' to a long random secret')
+    if token is not None and len(token) < MIN_TOKEN:
+        # A short one is guessed, and turns up in real messages and phone numbers too, whose
+        # pushes are then refused as holding it (see drop_secret_copies).
+        raise Reject(503, 'configuration: FIBOSMS_TOKEN is shorter than %d characters; set'
+                          ' it to a long random secret' % MIN_TOKEN)
     if token is None and not config['allow'] and not local_caller(environ, remote):
         raise Reject(503, 'configuration: neither FIBOSMS_TOKEN nor FIBOSMS_ALLOW is set, so'
                           ' only this machine may call; set FIBOSMS_TOKEN')
@@ -680,6 +688,8 @@ def make_server(host, port, app):
         def server_activate(self):
             WSGIServer.server_activate(self)
             self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.per_address = collections.Counter()   # open connections of each client
+            self.count_lock = threading.Lock()
             self.work = queue.Queue()
             self.reader = HeaderReader(self)
             self.workers = [threading.Thread(target=self.work_loop, name='fibosms-worker',
@@ -689,11 +699,31 @@ def make_server(host, port, app):
 
         def process_request(self, request, client_address):
             """Called by serve_forever for each accepted connection."""
+            address = client_address[0]
+            with self.count_lock:
+                crowded = (self.per_address[address] >= MAX_PER_ADDRESS
+                           and address not in FRONT_END_ADDRESSES)
+                if not crowded:
+                    self.per_address[address] += 1
+            if crowded:   # one client may not take every slot: the gateway's push gets one
+                refuse(request, 503, 'more than %d connections from one address'
+                       % MAX_PER_ADDRESS, client_address)
+                return
             if not self.slots.acquire(blocking=False):
+                self.leave(client_address, slot=False)
                 refuse(request, 503, 'more than %d connections' % MAX_CONNECTIONS,
                        client_address)
                 return
             self.reader.add(request, client_address)
+
+        def leave(self, client_address, slot=True):
+            """A connection counted by process_request is closed."""
+            with self.count_lock:
+                self.per_address[client_address[0]] -= 1
+                if not self.per_address[client_address[0]]:
+                    del self.per_address[client_address[0]]
+            if slot:
+                self.slots.release()
 
         def work_loop(self):
             while True:
@@ -710,7 +740,7 @@ def make_server(host, port, app):
                 finally:
                     drain(request)
                     self.shutdown_request(request)
-                    self.slots.release()
+                    self.leave(client_address)
 
         def server_close(self):
             WSGIServer.server_close(self)
@@ -806,7 +836,7 @@ def make_server(host, port, app):
                     self.refuse(request, 400, 'connection closed within the headers', state)
                 else:
                     request.close()
-                    self.server.slots.release()
+                    self.server.leave(state['address'])
                 return
             ahead += data
             end = header_end(ahead, state['scanned'])
@@ -830,7 +860,7 @@ def make_server(host, port, app):
 
         def refuse(self, request, code, reason, state):
             refuse(request, code, reason, state['address'])
-            self.server.slots.release()
+            self.server.leave(state['address'])
 
     class ConnectionInput(io.RawIOBase):
         """The bytes the header reader read ahead, then the socket, until `deadline`."""
@@ -891,7 +921,8 @@ def make_server(host, port, app):
             # Neither the path (the secret, in one spelling or another) nor the query string
             # (personal data): a fixed marker where the path was.
             self.log_message('"%s%s" %s %s', self.command or '-',
-                             ' /***' if getattr(self, 'path', None) else '', code, size)
+                             ' /***' if getattr(self, 'path', None) else '',
+                             int(code) if isinstance(code, int) else code, size)
 
         def log_message(self, format, *args):
             WSGIRequestHandler.log_message(self, format, *args)

@@ -224,7 +224,10 @@ def shipped_placeholder():
     ('   ', 'FIBOSMS_TOKEN is set but empty'),
     (shipped_placeholder(), 'FIBOSMS_TOKEN is still the example value'),
     ('SECRET', 'FIBOSMS_TOKEN is still the example value'),
-], ids=['empty', 'blank', 'shipped placeholder', 'SECRET of the README'])
+    ('84', 'FIBOSMS_TOKEN is shorter than 12 characters'),
+    ('Zx9-s3cr3t', 'FIBOSMS_TOKEN is shorter than 12 characters'),
+], ids=['empty', 'blank', 'shipped placeholder', 'SECRET of the README', 'two digits',
+        'ten characters'])
 def test_empty_or_example_secret_is_503_with_a_line_saying_what_to_set(tmp_path, token, says):
     """Even a caller on this machine showing that very secret gets 503; the log says why."""
     with start(tmp_path, {'FIBOSMS_TOKEN': token}) as running:
@@ -272,7 +275,7 @@ def test_without_secret_or_allowlist_only_loopback_addresses_are_served(make_cli
     ({'extra_environ': {'FIBOSMS_TOKEN': ''}}, 503),
 ])
 def test_settings_that_leave_the_page_open_are_503(make_client, db, settings, code):
-    """An empty or example secret, given any way, is a configuration error."""
+    """An empty, example or short secret, given any way, is a configuration error."""
     settings = dict(settings)
     extra = dict(settings.pop('extra_environ', {}), REMOTE_ADDR='192.0.2.1')
     client = make_client(extra_environ=extra, **settings)
@@ -429,11 +432,12 @@ def test_a_slow_post_body_without_the_secret_is_refused_before_it_is_read(plain)
 
 # -- Slow and greedy clients --------------------------------------------------------------------
 
-def open_half_sent(port, count, data):
-    """`count` connections that each sent `data` and nothing more."""
+def open_half_sent(port, count, data, source='127.0.0.1'):
+    """`count` connections from `source` that each sent `data` and nothing more."""
     sockets = []
     for _ in range(count):
-        sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+        sock = socket.create_connection(('127.0.0.1', port), timeout=5,
+                                        source_address=(source, 0))
         sock.sendall(data)
         sockets.append(sock)
     return sockets
@@ -522,6 +526,35 @@ def test_connections_over_the_limit_get_503_at_once(plain):
     target = '/fibosms/%s?%s' % (SECRET, query('after-crowd'))
     assert_status_document(*get(plain.port, target), expected=200)
     assert plain.log().count('503 more than %d connections' % receiver.MAX_CONNECTIONS) == 20
+
+
+def test_one_address_cannot_take_every_connection(plain):
+    """A client holding MAX_PER_ADDRESS idle connections gets 503 for more, at once; a push
+    from another address (here 127.0.0.3, the gateway) still gets 2 meanwhile."""
+    crowd = open_half_sent(plain.port, receiver.MAX_PER_ADDRESS, b'GET / HTTP/1.1\r\n',
+                           source='127.0.0.2')
+    try:
+        time.sleep(0.3)
+        for _ in range(5):
+            sock = socket.create_connection(('127.0.0.1', plain.port), timeout=5,
+                                            source_address=('127.0.0.2', 0))
+            try:
+                assert_status_document(*read_answer(sock), expected=503)
+            finally:
+                sock.close()
+        sock = socket.create_connection(('127.0.0.1', plain.port), timeout=5,
+                                        source_address=('127.0.0.3', 0))
+        try:
+            sock.sendall(('GET /fibosms/%s?%s HTTP/1.1\r\nHost: x\r\n\r\n'
+                          % (SECRET, query('other-address'))).encode())
+            assert_status_document(*read_answer(sock), expected=200)
+        finally:
+            sock.close()
+    finally:
+        for sock in crowd:
+            sock.close()
+    assert plain.log().count('503 more than %d connections from one address'
+                             % receiver.MAX_PER_ADDRESS) == 5
 
 
 def test_connections_sending_huge_headers_slowly_hold_little_memory(plain):
