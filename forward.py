@@ -180,15 +180,10 @@ def post(target, headers, body, timeout):
     """
     import threading
     deadline = time.monotonic() + timeout
-    if target.https:
-        import ssl
-        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
     late = threading.Event()
     try:
-        conn.connect()
+        conn.sock = connect(target, deadline)
         left = deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout('timed out')
@@ -209,6 +204,39 @@ def post(target, headers, body, timeout):
         raise
     finally:
         conn.close()
+
+
+def connect(target, deadline):
+    """A socket connected to `target` before `deadline`, over TLS (certificate checked
+    against the system's store) for https. Its addresses are tried in turn, each given an
+    equal share of the time left, so that one that never answers (an IPv6 address with no
+    route, say) does not use it all, as http.client's own connect would, address by address.
+    """
+    infos = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)
+    error = socket.timeout('timed out')
+    for n, (family, kind, proto, _, address) in enumerate(infos):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left / (len(infos) - n))
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        if not target.https:
+            return sock
+        try:
+            import ssl
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            return ssl.create_default_context().wrap_socket(sock,
+                                                            server_hostname=target.host)
+        except BaseException:
+            sock.close()
+            raise
+    raise error
 
 
 def cut_off(sock, late):
