@@ -52,13 +52,18 @@ class Front:
         self.host_logs = set(host_logs)   # log files written by the host, not by the snippet
         self.servers = []
 
-    def logs(self):
-        """{file name: text} of every log file the set-up writes."""
+    def logs(self, since=None):
+        """{file name: text} of every log file the set-up writes, from the offsets in
+        `since` (a mark()) on: each test then answers for its own lines only."""
         texts = {}
         for name in sorted(os.listdir(self.ws.logs)):
             if name not in self.host_logs:
-                texts[name] = self.ws.log(name)
+                texts[name] = self.ws.log(name)[(since or {}).get(name, 0):]
         return texts
+
+    def mark(self):
+        """The current length of every log, for logs(since=...)."""
+        return {name: len(text) for name, text in self.logs().items()}
 
 
 def grant(folder):
@@ -145,7 +150,9 @@ def fronts():
             except BaseException:
                 ws.remove()
                 raise
-        return started[name]
+        front = started[name]
+        front.since = front.mark()
+        return front
     try:
         yield get
     finally:
@@ -242,7 +249,7 @@ def assert_status_document(response, body=RETRY, codes=None):
 def assert_logs_clean(front, *secrets):
     """No log file of the set-up holds the secret or any of `secrets` (phones, text)."""
     time.sleep(0.3)      # access logs are written after the answer
-    for name, text in front.logs().items():
+    for name, text in front.logs(since=front.since).items():
         for secret in (TOKEN, 'test-secret_4f1c') + secrets:
             lines = [line[:400] for line in text.splitlines() if secret in line]
             assert not lines, '%s holds %r:\n%s' % (name, secret, '\n'.join(lines))
@@ -315,11 +322,19 @@ RESPELLINGS = [
 ]
 
 
-@pytest.mark.parametrize('spell', RESPELLINGS, ids=[
+RESPELLING_IDS = [
     'percent', 'dot', 'double-slash', 'inner-dot', 'inner-double-slash', 'dot-dot',
     'percent-dot', 'encoded-slash', 'upper-case', 'percent-script', 'trailing-slash',
-    'bad-escape', 'dot-dot-after'])
-@pytest.mark.parametrize('name', FRONTS)
+    'bad-escape', 'dot-dot-after']
+# On shared hosting a path that does not reach the uploaded folder, or that Apache cannot
+# decode, is answered and logged by the host before any .htaccess is read.
+CGI_HOST_SPELLINGS = ('encoded-slash', 'upper-case', 'bad-escape')
+
+
+@pytest.mark.parametrize('name,spell', [
+    pytest.param(name, spell, id='%s-%s' % (name, spell_id))
+    for name in FRONTS for spell, spell_id in zip(RESPELLINGS, RESPELLING_IDS)
+    if name != 'cgi' or spell_id not in CGI_HOST_SPELLINGS])
 def test_attack_front_respelled_path_answered_and_not_logged(fronts, name, spell):
     """Another spelling of the page's path, with the secret in it, gets a Status document
     (stored or refused) and lands in no log, access or error."""
@@ -343,7 +358,7 @@ def test_attack_front_path_translated_lookup_logs_no_secret(fronts, name):
     response = exchange(front, get_request(push_target(front.page, phone, word, guid)))
     assert_status_document(response, DONE, codes=[200])
     assert_logs_clean(front, phone, word)
-    for name, text in front.logs().items():
+    for name, text in front.logs(since=front.since).items():
         assert 'AH01630' not in text or TOKEN not in text, (name, text)
         assert '/' + TOKEN not in text, (name, text)
 
