@@ -86,7 +86,9 @@ def start_mod_wsgi(ws):
 
 
 def start_cgi(ws):
-    folder = ws.folder('www', 'fibosms')
+    """deploy/cgi/ uploaded to a folder the host serves at /fibosms (an Alias, as for a
+    user's folder), with the host's DocumentRoot not granted."""
+    folder = ws.folder('site', 'fibosms')
     ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
             os.path.join(folder, '.htaccess'), 0o644)
     ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
@@ -94,10 +96,10 @@ def start_cgi(ws):
         ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
         ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
     ]), mode=0o755)
-    host = ('ScriptSock %s/cgid.sock\nDocumentRoot %s\n<Directory %s>\n'
+    host = ('ScriptSock %s/cgid.sock\nDocumentRoot %s\nAlias /fibosms %s\n<Directory %s>\n'
             '    Options SymLinksIfOwnerMatch\n    AllowOverride All\n'
-            '    Require all granted\n</Directory>\n' % (ws.run, ws.www, ws.www))
-    apache = servers.Apache(ws, ['cgid', 'headers'], host).start()
+            '    Require all granted\n</Directory>\n' % (ws.run, ws.www, folder, folder))
+    apache = servers.Apache(ws, ['cgid', 'headers', 'rewrite'], host).start()
     front = Front('cgi', ws, apache.port, '/fibosms/receiver.cgi/' + TOKEN, tls=False,
                   host_logs=['host_access.log'])
     front.servers = [apache]
