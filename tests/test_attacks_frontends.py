@@ -33,11 +33,11 @@ CONTENT_TYPE = 'text/xml; charset=utf-8'
 SLOW_CLIENTS = 3           # connections per slow-client test
 SLOW_BOUND = 40.0          # seconds within which a front end must drop a slow client
 APP_QUERY_LIMIT = 16 * 1024
-FRONTS = ['mod_wsgi', 'cgi', 'apache_proxy', 'nginx']
+FRONTS = ['mod_wsgi', 'cgi', 'passenger', 'apache_proxy', 'nginx']
 PROXIES = ['apache_proxy', 'nginx']
 # The CGI set-up is an .htaccess on a host that is not ours: its request-line limit and
 # client timeouts are the host's (README says so), so those tests run on the other three.
-OWN_SERVER = ['mod_wsgi', 'apache_proxy', 'nginx']
+OWN_SERVER = ['mod_wsgi', 'passenger', 'apache_proxy', 'nginx']
 
 
 # -- The set-ups ------------------------------------------------------------------------------
@@ -135,7 +135,28 @@ def start_nginx(ws):
     return front
 
 
-STARTERS = {'mod_wsgi': start_mod_wsgi, 'cgi': start_cgi,
+def start_passenger(ws):
+    ws.folder('app', 'public')
+    ws.copy(os.path.join(servers.DEPLOY, 'passenger_wsgi.py'),
+            os.path.join(ws.app, 'passenger_wsgi.py'), 0o644)
+    host = ('PassengerRoot %s\nPassengerDefaultRuby /usr/bin/ruby\n'
+            'PassengerInstanceRegistryDir %s\n' % (servers.PASSENGER_ROOT, ws.run))
+    config = servers.snippet('apache-passenger.conf', servers.tls_replacements(ws) + [
+        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
+        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),   # not granted
+        ('PassengerUser fibosms', 'PassengerUser %s' % ws.user),
+        ('PassengerGroup fibosms', 'PassengerGroup %s' % ws.group),
+        ('/srv/fibosms/app', ws.app),
+        ('/srv/fibosms/data', ws.data),
+        ('change-me-to-a-long-random-secret', TOKEN),
+    ])
+    apache = servers.Apache(ws, ['passenger', 'headers', 'reqtimeout', 'rewrite'], host + config).start()
+    front = Front('passenger', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
+    front.servers = [apache]
+    return front
+
+
+STARTERS = {'mod_wsgi': start_mod_wsgi, 'cgi': start_cgi, 'passenger': start_passenger,
             'apache_proxy': start_apache_proxy, 'nginx': start_nginx}
 
 
