@@ -151,7 +151,8 @@ def start_passenger(ws):
         ('/srv/fibosms/data', ws.data),
         ('change-me-to-a-long-random-secret', TOKEN),
     ])
-    apache = servers.Apache(ws, ['passenger', 'headers', 'reqtimeout', 'rewrite'], host + config).start()
+    modules = ['passenger', 'headers', 'reqtimeout', 'rewrite']
+    apache = servers.Apache(ws, modules, host + config).start()
     front = Front('passenger', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
     front.servers = [apache]
     return front
