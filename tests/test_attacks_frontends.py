@@ -17,7 +17,9 @@ each test stops by itself within SLOW_BOUND seconds, and every socket is closed 
 import http.client
 import io
 import os
+import signal
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -287,6 +289,18 @@ def assert_logs_clean(front, *secrets):
             assert not lines, '%s holds %r:\n%s' % (name, secret, '\n'.join(lines))
 
 
+def stored(front, guid):
+    """The rows stored for `guid` ([] while no push has made the database)."""
+    if not os.path.exists(front.db):
+        return []
+    try:
+        return servers.stored(front.db, guid)
+    except sqlite3.OperationalError as exc:
+        if 'no such table' not in str(exc):
+            raise
+        return []
+
+
 def new_phone():
     """A phone number no other test uses: found in a log, it names the test that leaked it."""
     return '849%08d' % (int(time.time() * 1000) % 10 ** 8)
@@ -317,7 +331,7 @@ def test_attack_front_takes_a_16_kib_query(fronts, name):
     assert APP_QUERY_LIMIT - 6 < len(query) <= APP_QUERY_LIMIT
     response = exchange(front, request_bytes(front.page + '?' + query))
     assert_status_document(response, DONE, codes=[200])
-    [row] = servers.stored(front.db, guid)
+    [row] = stored(front, guid)
     assert row['message'].startswith(word + ' \u1ea1') and row['phone'].endswith(phone[3:])
     assert_logs_clean(front, phone, word)
 
@@ -331,7 +345,7 @@ def test_attack_front_too_long_query_gets_status(fronts, name, total):
     query = long_query(phone, word, guid, total)
     response = exchange(front, request_bytes(front.page + '?' + query))
     assert_status_document(response, codes=[414])
-    assert servers.stored(front.db, guid) == []
+    assert stored(front, guid) == []
     assert_logs_clean(front, phone, word)
 
 
@@ -377,7 +391,7 @@ def test_attack_front_respelled_path_answered_and_not_logged(fronts, name, spell
     assert response is not None, target
     assert response.body in (DONE, RETRY), (target, response)
     assert response.headers['Content-Type'] == CONTENT_TYPE, (target, response.headers)
-    assert len(servers.stored(front.db, guid)) == (response.body == DONE)
+    assert len(stored(front, guid)) == (response.body == DONE)
     assert_logs_clean(front, phone, word)
 
 
@@ -441,8 +455,25 @@ def test_attack_front_refusal_is_status_document(fronts, name, case):
     else:
         assert_status_document(response)
         assert 400 <= response.status < 600, response
-    assert len(servers.stored(front.db, guid)) == (response is not None
+    assert len(stored(front, guid)) == (response is not None
                                                    and response.body == DONE)
+    assert_logs_clean(front, phone, word)
+
+
+@pytest.mark.parametrize('name', ['mod_wsgi', 'passenger', 'apache_proxy', 'nginx'])
+def test_attack_front_plain_http_to_tls_port_gets_status(fronts, name):
+    """Plain HTTP sent to the TLS port gets a Status document (400, or nginx's 497), not the
+    server's HTML page, and leaves no secret in a log."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    sock = socket.create_connection(('127.0.0.1', front.port), timeout=20)
+    try:
+        sock.sendall(request_bytes(push_target(front.page, phone, word, guid)))
+        response = read_response(sock)
+    finally:
+        sock.close()
+    assert_status_document(response, codes=[400, 497])
+    assert stored(front, guid) == []
     assert_logs_clean(front, phone, word)
 
 
@@ -467,7 +498,32 @@ def test_attack_front_receiver_down_answers_status(fronts, name):
     assert_logs_clean(front, phone, word)
     response = exchange(front, request_bytes(target))
     assert_status_document(response, DONE, codes=[200])
-    assert len(servers.stored(front.db, guid)) == 1
+    assert len(stored(front, guid)) == 1
+
+
+@pytest.mark.parametrize('name', PROXIES)
+def test_attack_front_receiver_hung_answers_status(fronts, name):
+    """With the receiver stopped dead (SIGSTOP: connections are accepted, never answered), a
+    push gets a Status document once the proxy's timeout (30 s) runs out, and leaves nothing
+    in a log; the resend is stored once."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    target = push_target(front.page, phone, 'Xin chào %s' % word, guid)
+    front.receiver.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = exchange(front, request_bytes(target), timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        front.receiver.process.send_signal(signal.SIGCONT)
+    assert_status_document(response, codes=[502, 503, 504])
+    assert 25 < waited < 45, waited
+    # Woken, the receiver may still store the push it had accepted: the gateway's resend is
+    # then answered 2 and leaves one row.
+    response = exchange(front, request_bytes(target))
+    assert_status_document(response, DONE, codes=[200])
+    assert len(stored(front, guid)) == 1
+    assert_logs_clean(front, phone, word)
 
 
 # -- Forged headers ---------------------------------------------------------------------------
@@ -498,7 +554,7 @@ def test_attack_front_forged_forwarded_for_not_believed(fronts, name, headers):
     data = request_bytes(push_target(front.page, phone, word, guid), headers=headers)
     response = exchange(front, data, source='127.0.0.2')
     assert_status_document(response, DONE, codes=[200])
-    [row] = servers.stored(front.db, guid)
+    [row] = stored(front, guid)
     assert row['remote_addr'] == '127.0.0.2', row['remote_addr']
     assert_logs_clean(front, phone, word)
 
