@@ -23,6 +23,7 @@ import sqlite3
 import ssl
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -206,8 +207,28 @@ def exchange(front, data, timeout=20.0, source=None):
     server closed the connection without a byte of answer."""
     sock = connect(front, timeout, source)
     try:
-        sock.sendall(data)
-        return read_response(sock)
+        # In pieces, stopping when an answer comes: a server that answers before the whole
+        # body is in (413) may close, and bytes sent after that make the kernel reset the
+        # connection, answer unread. (A non-blocking recv, not select(): TLS 1.3 session
+        # tickets make a socket readable with no answer in it yet.)
+        early = b''
+        for start in range(0, len(data), 4096):
+            try:
+                sock.sendall(data[start:start + 4096])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sock.setblocking(False)
+            try:
+                early = sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                pass
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            finally:
+                sock.settimeout(timeout)
+            if early:
+                break
+        return read_response(sock, early)
     finally:
         sock.close()
 
@@ -222,11 +243,10 @@ class Received:
         return io.BytesIO(self.data)
 
 
-def read_response(sock):
-    """The servers.Response read from `sock` until the server closes it; None when it closed
-    without a byte. An answer with no status line (HTTP/0.9, the answer to a request line
-    without a version) has status None and no headers."""
-    data = b''
+def read_response(sock, data=b''):
+    """The servers.Response read from `sock` (after `data`, its first bytes) until the server
+    closes it; None when it closed without a byte. An answer with no status line (HTTP/0.9,
+    the answer to a request line without a version) has status None and no headers."""
     while True:
         try:
             chunk = sock.recv(65536)
@@ -303,7 +323,7 @@ def stored(front, guid):
 
 def new_phone():
     """A phone number no other test uses: found in a log, it names the test that leaked it."""
-    return '849%08d' % (int(time.time() * 1000) % 10 ** 8)
+    return '849%08d' % (uuid.uuid4().int % 10 ** 8)
 
 
 def marker():
@@ -380,7 +400,8 @@ CGI_HOST_SPELLINGS = ('encoded-slash', 'upper-case', 'bad-escape')
 @pytest.mark.parametrize('name,spell', [
     pytest.param(name, spell, id='%s-%s' % (name, spell_id))
     for name in FRONTS for spell, spell_id in zip(RESPELLINGS, RESPELLING_IDS)
-    if name != 'cgi' or spell_id not in CGI_HOST_SPELLINGS])
+    if (name != 'cgi' or spell_id not in CGI_HOST_SPELLINGS)
+    and (name == 'cgi' or spell_id != 'percent-script')])
 def test_attack_front_respelled_path_answered_and_not_logged(fronts, name, spell):
     """Another spelling of the page's path, with the secret in it, gets a Status document
     (stored or refused) and lands in no log, access or error."""
