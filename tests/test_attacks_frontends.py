@@ -120,7 +120,7 @@ def start_apache_proxy(ws):
     apache = servers.Apache(ws, ['proxy', 'proxy_http', 'headers', 'reqtimeout'], config)
     front = Front('apache_proxy', ws, apache.port, '/fibosms/' + TOKEN, tls=True,
                   receiver=receiver)
-    front.servers = [receiver, apache.start()]
+    front.servers = [receiver, start_or_stop(apache, receiver)]
     return front
 
 
@@ -135,8 +135,17 @@ def start_nginx(ws):
     ])
     nginx = servers.Nginx(ws, config)
     front = Front('nginx', ws, nginx.port, '/fibosms/' + TOKEN, tls=True, receiver=receiver)
-    front.servers = [receiver, nginx.start()]
+    front.servers = [receiver, start_or_stop(nginx, receiver)]
     return front
+
+
+def start_or_stop(server, receiver):
+    """server.start(), or, when it fails, the receiver behind it stopped too."""
+    try:
+        return server.start()
+    except BaseException:
+        receiver.stop()
+        raise
 
 
 def start_passenger(ws):
