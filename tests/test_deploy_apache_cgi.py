@@ -64,11 +64,11 @@ def site(request):
             os.chmod(public_html, 0o755)
             owner = pwd.getpwnam(SUEXEC_USER[0])
             host = 'SuexecUserGroup %s %s\n' % SUEXEC_USER
-            modules = ['cgid', 'suexec']
+            modules = ['cgid', 'suexec', 'headers', 'rewrite']
         else:
             public_html = ws.www
             owner = pwd.getpwnam(ws.user)
-            host, modules = '', ['cgid']
+            host, modules = '', ['cgid', 'headers', 'rewrite']
         upload(ws, public_html, owner)
         host += HOST_CONFIG.format(run=ws.run, www=public_html)
         apache = servers.Apache(ws, modules, host).start()

@@ -28,7 +28,7 @@ def site():
             ('/srv/fibosms/data', ws.data),
             ('change-me-to-a-long-random-secret', TOKEN),
         ])
-        apache = servers.Apache(ws, ['wsgi'], host + config).start()
+        apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], host + config).start()
         root = 'https://127.0.0.1:%d/' % apache.port
         site = servers.Site(
             base=root + 'fibosms/', db=ws.db, cafile=ws.cert, folder_url=root,

@@ -27,7 +27,8 @@ def site():
             ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
             ('127.0.0.1:8000', '127.0.0.1:%d' % receiver.port),
         ])
-        apache = servers.Apache(ws, ['proxy', 'proxy_http'], host + config).start()
+        modules = ['proxy', 'proxy_http', 'headers', 'reqtimeout']
+        apache = servers.Apache(ws, modules, host + config).start()
         root = 'https://127.0.0.1:%d/' % apache.port
         yield servers.Site(
             base=root + 'fibosms/', db=ws.db, cafile=ws.cert, folder_url=root,

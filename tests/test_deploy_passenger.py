@@ -45,7 +45,8 @@ def site():
             ('/srv/fibosms/data', ws.data),
             ('change-me-to-a-long-random-secret', TOKEN),
         ])
-        apache = servers.Apache(ws, ['passenger'], host + config).start()
+        modules = ['passenger', 'headers', 'reqtimeout', 'rewrite']
+        apache = servers.Apache(ws, modules, host + config).start()
         root = 'https://127.0.0.1:%d/' % apache.port
         yield servers.Site(
             base=root + 'fibosms/', db=ws.db, cafile=ws.cert, folder_url=root + 'fibosms/',

@@ -233,7 +233,7 @@ def apache_mod_wsgi():
             ('change-me-to-a-long-random-secret', servers.TOKEN),
             ('processes=1 threads=5', 'processes=2 threads=5'),
         ])
-        apache = servers.Apache(ws, ['wsgi'], config).start()
+        apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], config).start()
         yield apache_send(apache.port, '/fibosms/' + servers.TOKEN, ws.cert), ws
     finally:
         if apache is not None:
