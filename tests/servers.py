@@ -91,7 +91,7 @@ class Workspace:
         self.run = self.folder('run')
         self.data = self.folder('data', owned=True, mode=0o700)
         self.db = os.path.join(self.data, 'messages.sqlite3')
-        for name in ('receiver.py', 'storage.py', 'forward.py'):
+        for name in ('receiver.py', 'storage.py', 'forward.py', 'smallserver.py'):
             self.copy(os.path.join(ROOT, name), os.path.join(self.app, name), 0o644)
         self.cert, self.key = make_certificate(self.folder('tls', mode=0o700))
 

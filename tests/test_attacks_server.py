@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote_plus
 import pytest
 
 import receiver
+import smallserver
 from conftest import DONE, RETRY, ROOT, rows
 from test_reliability_common import Server
 
@@ -414,7 +415,7 @@ def test_a_slow_post_body_without_the_secret_is_refused_before_it_is_read(plain)
     """POST to a wrong path announcing a body it never sends: 403 at once, not a wait."""
     sockets = []
     try:
-        for _ in range(3 * receiver.WORKERS):       # more than all the workers
+        for _ in range(3 * smallserver.WORKERS):       # more than all the workers
             sock = socket.create_connection(('127.0.0.1', plain.port), timeout=5)
             sock.sendall(b'POST /fibosms/wrong?guid=b&phone=1 HTTP/1.1\r\nContent-Type: '
                          b'application/x-www-form-urlencoded\r\nContent-Length: 900\r\n\r\nm')
@@ -468,7 +469,7 @@ def test_hundreds_of_half_sent_requests_hold_no_thread_and_time_out(plain):
         assert time.monotonic() - pushed < 2
         # The drip feeders send a byte every 0.2 s: the deadline is for all the headers.
         dripped, answers = b'ET / HTTP/1.1\r\nX-Slow: ' + b'a' * 1000, {}
-        for n in range(int((receiver.HEADER_TIMEOUT + 3) / 0.2)):
+        for n in range(int((smallserver.HEADER_TIMEOUT + 3) / 0.2)):
             waiting = [sock for sock in drip if sock not in answers]
             if not waiting:
                 break
@@ -481,13 +482,13 @@ def test_hundreds_of_half_sent_requests_hold_no_thread_and_time_out(plain):
                 answers[sock] = read_answer(sock)
         assert len(answers) == len(drip)
         waited = time.monotonic() - began
-        assert receiver.HEADER_TIMEOUT - 1 < waited < receiver.HEADER_TIMEOUT + 3, waited
+        assert smallserver.HEADER_TIMEOUT - 1 < waited < smallserver.HEADER_TIMEOUT + 3, waited
         for answer in answers.values():
             assert_status_document(*answer, expected=408)
         for sock in sockets + bodies:
-            sock.settimeout(receiver.BODY_TIMEOUT + 5)
+            sock.settimeout(smallserver.BODY_TIMEOUT + 5)
             assert_status_document(*read_answer(sock), expected=408)
-        assert time.monotonic() - began < receiver.BODY_TIMEOUT + 3
+        assert time.monotonic() - began < smallserver.BODY_TIMEOUT + 3
     finally:
         for sock in sockets + drip + bodies:
             sock.close()
@@ -507,7 +508,7 @@ def test_connections_over_the_limit_get_503_at_once(plain):
     """Past MAX_CONNECTIONS open at once, the next ones get 503 at once and close; when the
     crowd leaves, a push gets 2."""
     _, fds = threads_and_fds(plain.process.pid)
-    crowd = open_half_sent(plain.port, receiver.MAX_CONNECTIONS, b'GET / HTTP/1.1\r\n')
+    crowd = open_half_sent(plain.port, smallserver.MAX_CONNECTIONS, b'GET / HTTP/1.1\r\n')
     try:
         time.sleep(0.3)
         began = time.monotonic()
@@ -518,20 +519,20 @@ def test_connections_over_the_limit_get_503_at_once(plain):
             finally:
                 sock.close()
         assert time.monotonic() - began < 5
-        assert threads_and_fds(plain.process.pid)[1] <= fds + receiver.MAX_CONNECTIONS + 2
+        assert threads_and_fds(plain.process.pid)[1] <= fds + smallserver.MAX_CONNECTIONS + 2
     finally:
         for sock in crowd:
             sock.close()
     time.sleep(0.5)
     target = '/fibosms/%s?%s' % (SECRET, query('after-crowd'))
     assert_status_document(*get(plain.port, target), expected=200)
-    assert plain.log().count('503 more than %d connections' % receiver.MAX_CONNECTIONS) == 20
+    assert plain.log().count('503 more than %d connections' % smallserver.MAX_CONNECTIONS) == 20
 
 
 def test_one_address_cannot_take_every_connection(plain):
     """A client holding MAX_PER_ADDRESS idle connections gets 503 for more, at once; a push
     from another address (here 127.0.0.3, the gateway) still gets 2 meanwhile."""
-    crowd = open_half_sent(plain.port, receiver.MAX_PER_ADDRESS, b'GET / HTTP/1.1\r\n',
+    crowd = open_half_sent(plain.port, smallserver.MAX_PER_ADDRESS, b'GET / HTTP/1.1\r\n',
                            source='127.0.0.2')
     try:
         time.sleep(0.3)
@@ -554,7 +555,7 @@ def test_one_address_cannot_take_every_connection(plain):
         for sock in crowd:
             sock.close()
     assert plain.log().count('503 more than %d connections from one address'
-                             % receiver.MAX_PER_ADDRESS) == 5
+                             % smallserver.MAX_PER_ADDRESS) == 5
 
 
 def test_connections_sending_huge_headers_slowly_hold_little_memory(plain):

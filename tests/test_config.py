@@ -41,9 +41,9 @@ def test_make_app_argument_beats_both_environments(make_client, db, tmp_path, mo
 
 def test_token_from_the_wsgi_environ_is_enforced(make_client, db):
     """FIBOSMS_TOKEN given by SetEnv guards the page."""
-    client = make_client(extra_environ={'FIBOSMS_TOKEN': 'abc'})
+    client = make_client(extra_environ={'FIBOSMS_TOKEN': 'abc-set-by-SetEnv'})
     client.get(PUSH, status=403, expect_errors=True)
-    assert client.get('/abc' + PUSH[1:]).body == DONE
+    assert client.get('/abc-set-by-SetEnv' + PUSH[1:]).body == DONE
 
 
 @pytest.mark.parametrize('setting, value, reason', [

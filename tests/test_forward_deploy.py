@@ -61,7 +61,7 @@ def site(consumer):
             ('#SetEnv FIBOSMS_FORWARD_SECRET whsec_change-me',
              'SetEnv FIBOSMS_FORWARD_SECRET %s' % SECRET),
         ])
-        apache = servers.Apache(ws, ['wsgi'], host + config).start()
+        apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], host + config).start()
         root = 'https://127.0.0.1:%d/' % apache.port
         site = servers.Site(base=root + 'fibosms/', db=ws.db, cafile=ws.cert, folder_url=None,
                             access_log=lambda: ws.log('fibosms_access.log'))
