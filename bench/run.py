@@ -83,7 +83,7 @@ def cgi_script(code, db):
 
 def bench_cgi(work, code, rounds, runs):
     folder = os.path.join(work, 'cgi')
-    os.makedirs(folder)
+    os.mkdir(folder, 0o700)     # the receiver refuses a database folder open to others
     copy_code(code, folder)
     db, php_db = os.path.join(folder, 'receiver.sqlite3'), os.path.join(folder, 'php.sqlite3')
     with open(os.path.join(folder, 'receiver.cgi'), 'w') as f:
@@ -194,7 +194,7 @@ def site_mod_wsgi(ws):
         ('change-me-to-a-long-random-secret', TOKEN)])
     # Loopback HTTP: TLS would cost every page the same.
     config = '\n'.join(line for line in config.splitlines() if not line.lstrip().startswith('SSL'))
-    return ['wsgi'], config, '/fibosms/' + TOKEN
+    return ['wsgi', 'headers', 'reqtimeout'], config, '/fibosms/' + TOKEN
 
 
 def site_cgi(ws):
@@ -204,7 +204,8 @@ def site_cgi(ws):
     # On a shared host the script's owner runs it, and Python caches the bytecode of
     # receiver.py and storage.py at the first push; here the code is root's: cache it now.
     subprocess.run([PYTHON, '-m', 'compileall', '-q', ws.app], check=True)
-    return ['cgid'], 'ScriptSock %s/cgid.sock\n' % ws.run, '/fibosms/receiver.cgi/' + TOKEN
+    return (['cgid', 'headers', 'rewrite'], 'ScriptSock %s/cgid.sock\n' % ws.run,
+            '/fibosms/receiver.cgi/' + TOKEN)
 
 
 PHP_SITE = """\
