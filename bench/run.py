@@ -49,6 +49,7 @@ import servers  # noqa: E402  (tests/servers.py: private Apache instances)
 PYTHON = '/usr/bin/python3'     # what Debian's mod_wsgi and a shared host's CGI run
 PHP_PAGE = os.path.join(HERE, 'peers', 'receiver.php')
 MIX = os.path.join(HERE, 'mix.lua')
+FORWARD_SECRET = 'whsec_' + 'MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY='  # 32 bytes
 TOKEN = servers.TOKEN
 DONE = b'<Status>2</Status>'
 PAIRS = (('mod_wsgi', 'php-fpm'), ('cgi', 'php-cgi'))   # receiver.py, its PHP peer
@@ -146,9 +147,17 @@ def bench_inprocess(work, code, rounds, batch):
             'wsgi.input': io.BytesIO(b''), 'wsgi.errors': sys.stderr, 'wsgi.multithread': True,
             'wsgi.multiprocess': True, 'wsgi.run_once': False}
 
-    def push(guid):
+    def push(guid, app=app):
         if b''.join(app(dict(base, QUERY_STRING=push_query(guid)), lambda s, h: None)) != DONE:
             raise RuntimeError('push %s not stored' % guid)
+
+    # The same pushes forwarded, signed, to an application on 127.0.0.1 that answers 204.
+    application, url = local_application()
+    forwarding = receiver.make_app(db=os.path.join(work, 'forward.sqlite3'), token=TOKEN,
+                                   forward_url=url, forward_secret=FORWARD_SECRET)
+
+    def forward(guid):
+        push(guid, forwarding)
 
     floor = sqlite3.connect(os.path.join(work, 'floor.sqlite3'), isolation_level=None)
     floor.execute('PRAGMA synchronous = FULL')
@@ -170,17 +179,38 @@ def bench_inprocess(work, code, rounds, batch):
             fn('%s-%d' % (prefix, i))
         return batch / (time.perf_counter() - start)
 
-    per_second(push, 'warm-app'), per_second(insert, 'warm-floor')
-    app_rates, floor_rates = [], []
+    per_second(push, 'warm-app'), per_second(insert, 'warm-floor'), per_second(forward, 'w')
+    app_rates, floor_rates, forward_rates = [], [], []
     for r in range(rounds):
-        pair = [(app_rates, push, 'app-%d' % r), (floor_rates, insert, 'floor-%d' % r)]
-        for rates, fn, prefix in (pair if r % 2 else pair[::-1]):
+        turn = [(app_rates, push, 'app-%d' % r), (floor_rates, insert, 'floor-%d' % r),
+                (forward_rates, forward, 'forward-%d' % r)]
+        for rates, fn, prefix in turn[r % 3:] + turn[:r % 3]:
             rates.append(per_second(fn, prefix))
     floor.close()
+    application.shutdown()
     return {'rounds': rounds, 'batch': batch, 'app_per_s': median(app_rates),
-            'floor_per_s': median(floor_rates),
+            'floor_per_s': median(floor_rates), 'forward_per_s': median(forward_rates),
             'ratio': median([a / f for a, f in zip(app_rates, floor_rates)]),
-            'samples': {'app': app_rates, 'floor': floor_rates}}
+            'samples': {'app': app_rates, 'floor': floor_rates, 'forward': forward_rates}}
+
+
+def local_application():
+    """An application on 127.0.0.1 that takes every forwarded message with 204: (server, URL)."""
+    import http.server
+    import threading
+
+    class Accept(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers['Content-Length']))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Accept)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, 'http://127.0.0.1:%d/sms' % server.server_address[1]
 
 
 # -- 3. Servers -------------------------------------------------------------------------------
@@ -435,7 +465,9 @@ def table(results):
         lines += ['', '2. In-process (median of %d rounds of %d): WSGI callable %.0f pushes/s, '
                   'raw sqlite3 %.0f inserts/s: %.2fx' % (inproc['rounds'], inproc['batch'],
                                                          inproc['app_per_s'],
-                                                         inproc['floor_per_s'], inproc['ratio'])]
+                                                         inproc['floor_per_s'], inproc['ratio']),
+                  '   forwarding each push, signed, to an application on 127.0.0.1: '
+                  '%.0f pushes/s' % inproc['forward_per_s']]
     srv = results.get('servers')
     if srv:
         lines += ['', '3. Apache on 127.0.0.1, wrk %d s per load, median of %d rounds; '
