@@ -192,7 +192,7 @@ def prepare_place(path, create=True, private=True):
                 os.mkdir(folder, 0o700)
             except FileExistsError:  # made by another process meanwhile: checked below
                 pass
-        fsync_directory(directory)
+        fsync_path(directory)
     real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     problem = private and folders_problem(os.path.dirname(real))
     if problem:
@@ -207,7 +207,7 @@ def prepare_place(path, create=True, private=True):
         try:
             os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              0o600))
-            fsync_directory(os.path.dirname(real))  # the new entry must survive a power cut
+            fsync_path(os.path.dirname(real))  # the new entry must survive a power cut
         except FileExistsError:  # made by another process meanwhile: checked below
             pass
     problem = private and place_problem(real, 'file')
@@ -254,15 +254,6 @@ def place_problem(path, kind):
             kind, path, stat.S_IMODE(st.st_mode),
             'give it a folder of its own, mode 700' if kind == 'folder' else 'chmod 600 it')
     return None
-
-
-def fsync_directory(directory):
-    """fsync(2) a directory, so that a new entry in it survives a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def configure(conn, journal):
@@ -977,7 +968,8 @@ def check_copy(path, counts):
 
 
 def fsync_path(path):
-    """fsync(2) a file or a directory by its path."""
+    """fsync(2) a file or a directory by its path (a directory: so that a new entry in it
+    survives a power cut)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
