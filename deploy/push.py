@@ -18,7 +18,7 @@ Run it against your page's real URL (https://..., with the secret in it) before 
 that URL at admin.fibosms.com. Each run without --guid makes a new guid, so it stores a new
 row; run it twice with the same --guid to see that a resent SMS is stored once.
 
-Standard library only; Python 3.8 or newer.
+Standard library only; Python 3.6 or newer.
 """
 import sys
 
