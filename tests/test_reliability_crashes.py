@@ -115,6 +115,10 @@ def test_kill_9_of_cgi_processes_loses_no_answered_push(tmp_path, figures):
     db = str(tmp_path / 'data' / 'messages.sqlite3')
     ledger, rng, kills = Ledger(), random.Random(2), 0
     guids = ['cgi-%02d' % n for n in range(CGI_PROCESSES)]
+    # One push first, unharmed and untimed: it makes the database and the bytecode cache, which
+    # would make the first wave's life, and so every planned kill, too long (a new Python).
+    out, _ = start_cgi(db, query('cgi-warm')).communicate(timeout=30)
+    ledger.record('cgi-warm', *cgi_answer(out))
     start = time.monotonic()          # a first wave, unharmed, times a wave's life
     for guid, process in [(g, start_cgi(db, query(g))) for g in guids[:CGI_AT_ONCE]]:
         out, _ = process.communicate(timeout=30)
@@ -144,7 +148,7 @@ def test_kill_9_of_cgi_processes_loses_no_answered_push(tmp_path, figures):
     lost = ledger.check(db)
     figures['lost'] += lost
     assert lost == 0
-    assert set(deliveries(db)) == set(guids)
+    assert set(deliveries(db)) == set(guids) | {'cgi-warm'}
     figures['kills'] += kills
     figures['requests'] += ledger.requests
     figures['duplicates'] += ledger.duplicates
