@@ -34,7 +34,7 @@ secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter, com
 constant time) and/or for its address (FIBOSMS_ALLOW). For a POST the secret must be in the
 path or query string: it is checked before the body is read. Secure by default, each a 503
 with a log line saying what to set: a FIBOSMS_TOKEN set but empty, or still an example value
-of deploy/ or README (PLACEHOLDER_TOKENS); and, with neither secret nor allowlist, any caller
+of deploy/ or README (PLACEHOLDER_TOKENS), or shorter than MIN_TOKEN; and, with neither secret nor allowlist, any caller
 but this machine itself (a loopback address, with no X-Forwarded-For, Forwarded or X-Real-IP
 header: a proxy on this machine passes on callers from elsewhere). The secret is never stored:
 another parameter holding it, in its name or value, in any spelling the decoding undoes, is
@@ -188,6 +188,9 @@ def settings(environ, given):
         config['token'] = environ.get('FIBOSMS_TOKEN', os.environ.get('FIBOSMS_TOKEN'))
     if config['db'] is None:
         config['db'] = storage.default_path()
+    for name in ('allow', 'trusted_proxies'):   # parsed here: once per set of settings
+        if config[name]:
+            config[name] = parse_networks(config[name])
     return config
 
 
@@ -483,35 +486,31 @@ def client_address(environ, trusted_proxies):
 
 
 def address_allowed(address, networks):
-    """Whether `address` is in `networks` (comma-separated text or a list)."""
+    """Whether `address` is in `networks` (ip_network objects, from parse_networks)."""
     import ipaddress
-    parsed = parse_networks(networks if isinstance(networks, str) else ','.join(networks))
     try:
         ip = ipaddress.ip_address(address.split('%')[0])  # drop an IPv6 zone: fe80::1%eth0
     except ValueError:
         return False
     if getattr(ip, 'ipv4_mapped', None):  # ::ffff:192.0.2.1 from a dual-stack socket
         ip = ip.ipv4_mapped
-    return any(ip in net for net in parsed)
+    return any(ip in net for net in networks)
 
 
-_networks_cache = {}
-
-
-def parse_networks(text):
-    """'192.0.2.1, 2001:db8::/32' -> ip_network objects; Reject(503) for a bad entry."""
-    if text not in _networks_cache:
-        import ipaddress
-        networks = []
-        for entry in text.split(','):
-            if entry.strip():
-                try:
-                    networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-                except ValueError:
-                    raise Reject(503, 'configuration: %r is not an address or network'
-                                 % entry.strip()[:60])
-        _networks_cache[text] = tuple(networks)
-    return _networks_cache[text]
+def parse_networks(networks):
+    """'192.0.2.1, 2001:db8::/32' (or a list of such) -> a tuple of ip_network objects;
+    Reject(503) for a bad entry."""
+    import ipaddress
+    text = networks if isinstance(networks, str) else ','.join(networks)
+    parsed = []
+    for entry in text.split(','):
+        if entry.strip():
+            try:
+                parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                raise Reject(503, 'configuration: %r is not an address or network'
+                             % entry.strip()[:60])
+    return tuple(parsed)
 
 
 # -- Storing and processing -------------------------------------------------------------------
