@@ -33,10 +33,11 @@ Security model: the push carries no signature, so the page trusts a caller for k
 secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter, compared in
 constant time) and/or for its address (FIBOSMS_ALLOW). For a POST the secret must be in the
 path or query string: it is checked before the body is read. Secure by default, each a 503
-with a log line saying what to set: a FIBOSMS_TOKEN set but empty, or still an example value
-of deploy/ or README (PLACEHOLDER_TOKENS), or shorter than MIN_TOKEN; and, with neither secret nor allowlist, any caller
-but this machine itself (a loopback address, with no X-Forwarded-For, Forwarded or X-Real-IP
-header: a proxy on this machine passes on callers from elsewhere). The secret is never stored:
+with a log line saying what to set: a FIBOSMS_TOKEN set but empty, still an example value of
+deploy/ or README (PLACEHOLDER_TOKENS), or shorter than MIN_TOKEN; and, with neither secret
+nor allowlist, any caller but this machine itself (a loopback address, with no
+X-Forwarded-For, Forwarded or X-Real-IP header: a proxy on this machine passes on callers from
+elsewhere). The secret is never stored:
 another parameter holding it, in its name or value, in any spelling the decoding undoes, is
 dropped from raw_query and extra; a guid, phone or message holding it is refused (400). Nor is
 it logged. Log lines go to ``wsgi.errors`` (the server's error log) and never hold message
