@@ -181,7 +181,7 @@ def test_forked_child_is_not_stopped_by_a_lock_its_parent_held(db):
     assert sorted(r['guid'] for r in rows(db)) == ['child', 'parent']
 
 
-def test_kept_connection_is_replaced_when_another_process_wrote_the_file(db):
+def test_kept_connection_is_replaced_when_another_connection_wrote_the_file(db):
     """A checkpoint by another connection changes the file: the next use opens afresh."""
     connections = storage.Connections()
     with connections.use(db, keep=True) as first:

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -19,6 +17,7 @@ import oracle
 import receiver
 from application import Application, free_port
 from conftest import DONE, RETRY, ROOT, rows
+from test_hook import fetch
 
 SECRET = 'whsec_' + base64.b64encode(bytes(range(32))).decode()
 OTHER_SECRET = 'whsec_' + base64.b64encode(bytes(range(100, 132))).decode()
@@ -313,15 +312,6 @@ def test_delivery_during_a_forward_answers_503_without_a_second_forward(db, app)
         app.release.set()
         server.shutdown()
         server.server_close()
-
-
-def fetch(url):
-    try:
-        with urllib.request.urlopen(url, timeout=15) as res:
-            return res.status, res.read()
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, err.read()
 
 
 # -- Settings ---------------------------------------------------------------------------------
