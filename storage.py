@@ -420,7 +420,7 @@ class ConnectionUse:
                                    ' restart it' % self.path)
             conn, journal, state = self.connections.kept.pop(self.key, (None, None, None))
         if conn is not None:
-            now = FileState(self.path)
+            now = FileState(self.path, state)
             if journal != self.journal or now != state:
                 if not retire(conn, state, now) and now.same_file(state):
                     self.connections.refused.add(self.path)
@@ -434,7 +434,7 @@ class ConnectionUse:
 
     def __exit__(self, kind, value, tb):
         try:
-            after = FileState(self.path)
+            after = FileState(self.path, self.state)
             if kind is None and self.state.db is not None and (
                     not after.same_file(self.state)
                     or self.state.wal is not None and after.wal != self.state.wal):
@@ -456,13 +456,30 @@ class ConnectionUse:
 
 class FileState:
     """What a kept connection must find unchanged: the database file's identity, size and
-    modification time, and the identity of its -wal file (None where a file is missing)."""
+    modification time, and the identity of its -wal file (None where a file is missing).
 
-    def __init__(self, path):
-        self.db = self.wal = None
+    The -wal file's identity is carried over from `before` (the state the connection last
+    saw) while its folder is unchanged: no file in a folder is created, deleted or renamed
+    without changing the folder's modification time. Only a folder that had settled (changed
+    at least SETTLED seconds before `before` looked) is trusted so: a change within the
+    same clock tick as the one before it would leave the time as it was. Looking at the
+    -wal file itself between two commits is not free: since Linux 6.13 it makes the next
+    write give the file a fine-grained modification time, one more journal write per push.
+    """
+    SETTLED = 2.0
+
+    def __init__(self, path, before=None):
+        self.db = self.wal = self.folder = None
+        self.seen_at = time.time()
         try:
             st = os.stat(path)
             self.db = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            st = os.stat(os.path.dirname(path))
+            self.folder = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            if (before is not None and before.folder == self.folder
+                    and st.st_mtime_ns < (before.seen_at - self.SETTLED) * 1e9):
+                self.wal = before.wal
+                return
             st = os.stat(path + '-wal')
             self.wal = (st.st_dev, st.st_ino)
         except OSError:

@@ -14,6 +14,16 @@ from conftest import DONE, rows
 PUSH = {'phone': '1', 'message': 'hi', 'charset': 'utf-8', 'raw_query': ''}
 
 
+@pytest.fixture(autouse=True, params=['new folder', 'settled folder'])
+def settled(request, monkeypatch):
+    """Each test twice: as just after the database was made, where the -wal file is looked
+    at on every use, and as in a server that has run a while, where its identity is carried
+    over while the folder is unchanged (storage.FileState)."""
+    seconds = storage.FileState.SETTLED if request.param == 'new folder' else -3600.0
+    monkeypatch.setattr(storage.FileState, 'SETTLED', seconds)
+    return seconds
+
+
 def push(conn, guid):
     return storage.deliver(conn, dict(PUSH, guid=guid))
 
@@ -252,6 +262,23 @@ def test_wal_file_replaced_during_a_use_fails_it(db):
     assert 'b' in [r['guid'] for r in rows(db)]
 
 
+def test_wal_file_is_looked_at_until_its_folder_has_settled(db, monkeypatch):
+    """Within SETTLED seconds of a change to the folder, a second change may fall in the same
+    clock tick and leave the folder's time as it was: the -wal file itself is looked at then,
+    so its replacement is seen even with the folder's time put back."""
+    monkeypatch.setattr(storage.FileState, 'SETTLED', 2.0)
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as conn:
+        push(conn, 'a')
+    folder = os.stat(os.path.dirname(db))
+    shutil.copy(db + '-wal', db + '-wal.new')
+    os.rename(db + '-wal.new', db + '-wal')
+    os.utime(os.path.dirname(db), ns=(folder.st_atime_ns, folder.st_mtime_ns))
+    with pytest.raises(storage.StorageError, match='-wal file of .* was replaced'):
+        with connections.use(db, keep=True) as conn:
+            push(conn, 'b')
+
+
 def test_app_recovers_from_deleted_wal_and_shm_files_without_a_restart(make_client, db):
     """-wal and -shm deleted under the running app: every later push is stored and read back."""
     client = make_client()
@@ -286,6 +313,7 @@ SERVER = r'''
 import sys
 sys.path.insert(0, sys.argv[1])
 import storage
+storage.FileState.SETTLED = float(sys.argv[3])
 connections = storage.Connections()
 for line in sys.stdin:
     command, _, guid = line.split()[0], None, line.split()[-1]
@@ -306,7 +334,8 @@ class Server(object):
 
     def __init__(self, db):
         self.proc = subprocess.Popen(
-            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db],
+            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db,
+             repr(storage.FileState.SETTLED)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
 
     def push(self, guid):
