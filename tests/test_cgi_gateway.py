@@ -116,8 +116,9 @@ def test_serve_cgi_app_that_raises_answers_503_status_1(tmp_path):
     assert b'ValueError: boom' in done.stderr
 
 
-def test_cgi_push_imports_neither_re_nor_wsgiref(tmp_path):
-    """A push as CGI imports no module it does not need: not re, not wsgiref."""
+def test_cgi_push_imports_only_what_it_needs(tmp_path):
+    """A push as CGI imports no module it does not need: not re, not wsgiref, not the sqlite3
+    package (only its C module, _sqlite3) with its datetime."""
     script = os.path.join(ROOT, 'receiver.py')
     code = ('import sys; sys.argv = [%r]; exec(compile(open(%r, "rb").read(), %r, "exec"), '
             '{"__name__": "__main__", "__file__": %r}); '
@@ -130,5 +131,7 @@ def test_cgi_push_imports_neither_re_nor_wsgiref(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
     assert done.stdout.endswith(DONE), done.stderr
     modules = done.stderr.decode().split()
-    for name in ('re', 'wsgiref', 'threading', 'json', 'ipaddress', 'hmac', 'traceback'):
+    assert '_sqlite3' in modules
+    for name in ('re', 'wsgiref', 'threading', 'json', 'ipaddress', 'hmac', 'traceback',
+                 'sqlite3', 'datetime'):
         assert name not in modules, name
