@@ -69,7 +69,7 @@ def site(request):
             public_html = ws.www
             owner = pwd.getpwnam(ws.user)
             host, modules = '', ['cgid', 'headers', 'rewrite']
-        upload(ws, public_html, owner)
+        folder = upload(ws, public_html, owner)
         host += HOST_CONFIG.format(run=ws.run, www=public_html)
         apache = servers.Apache(ws, modules, host).start()
         if request.param == 'suexec' and 'suEXEC mechanism enabled' not in ws.log('error.log'):
@@ -83,7 +83,7 @@ def site(request):
                 'receiver.cgi', 'receiver.py', 'storage.py', 'settings.ini', '.env',
                 '.htaccess')],
             default_db=os.path.join(owner.pw_dir, 'fibosms-data', 'messages.sqlite3'))
-        site.script_uid = owner.pw_uid
+        site.script_uid, site.folder, site.error_log = owner.pw_uid, folder, ws.log
         yield site
     finally:
         if apache is not None:
@@ -139,6 +139,28 @@ def test_apache_cgi_runs_as_script_owner(site):
     assert os.stat(site.db).st_uid == site.script_uid
 
 
+def test_apache_cgi_script_with_crlf_endings_fails_as_readme_says(site):
+    """receiver.cgi saved with Windows line ends: 500 <Status>1</Status>, nothing stored, and
+    the error log line README step 6 quotes; the script as shipped works again after."""
+    servers.check_token_in_path_works(site)     # the database exists, to look in
+    script = os.path.join(site.folder, 'receiver.cgi')
+    with open(script, 'rb') as f:
+        shipped = f.read()
+    try:
+        with open(script, 'wb') as f:
+            f.write(shipped.replace(b'\n', b'\r\n'))
+        guid, response = site.push()
+        assert (response.status, response.body) == (500, b'<Status>1</Status>'), response
+        assert servers.stored(site.db, guid) == []
+        log = site.error_log('error.log')
+        assert 'Unknown option: -' in log, log
+        assert 'End of script output before headers: receiver.cgi' in log, log
+    finally:
+        with open(script, 'wb') as f:
+            f.write(shipped)
+    servers.check_token_in_path_works(site)
+
+
 def test_apache_cgi_htaccess_refuses_all_without_cgi_module():
     """Without a CGI module the .htaccess refuses receiver.cgi rather than show its secret."""
     ws = servers.Workspace('nocgi')
@@ -168,4 +190,4 @@ def test_apache_cgi_script_ships_executable_with_lf_endings():
     assert mode & 0o100 and not mode & 0o022, oct(mode)   # what suEXEC demands
     with open(path, 'rb') as f:
         content = f.read()
-    assert content.startswith(b'#!/usr/bin/env python3\n') and b'\r' not in content
+    assert content.startswith(b'#!/usr/bin/python3 -S\n') and b'\r' not in content

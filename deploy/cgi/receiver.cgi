@@ -1,5 +1,10 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3 -S
 """FiboSMS push receiver as a CGI script, for shared hosting (cPanel and the like).
+
+The first line is the Python that runs it: write the full path of yours if it is elsewhere
+(`command -v python3` tells), keeping the -S. -S starts Python without site-packages, which
+nothing here needs, and spares every push the time of loading them; take it out only if a
+hook of yours imports a package installed there.
 
 Upload this file and the .htaccess beside it to a folder of its own under public_html, e.g.
 public_html/fibosms/; the page's URL is then https://example.com/fibosms/receiver.cgi/SECRET.
