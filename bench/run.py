@@ -9,8 +9,9 @@ checked and inserted in one BEGIN IMMEDIATE transaction) and durability (WAL,
 synchronous=FULL), written as a plain page: PDO, a connection per request.
 
 1. CGI processes, timed by hyperfine: one push (a first delivery: the row is deleted before
-   each run) as ``python3 receiver.py`` and as ``python3 deploy/cgi/receiver.cgi`` with the
-   environment a web server gives a CGI script, against ``python3 -c pass``; and
+   each run) as ``python3 receiver.py`` and as deploy/cgi/receiver.cgi, run by its first line
+   as a web server runs it, with the environment a web server gives a CGI script, against
+   ``python3 -c pass``; and
    ``php-cgi receiver.php``. Wall time (hyperfine's median) and CPU time (its mean user +
    system time).
 2. In-process: pushes per second through the WSGI callable against raw sqlite3 inserts of
@@ -89,6 +90,7 @@ def bench_cgi(work, code, rounds, runs):
     db, php_db = os.path.join(folder, 'receiver.sqlite3'), os.path.join(folder, 'php.sqlite3')
     with open(os.path.join(folder, 'receiver.cgi'), 'w') as f:
         f.write(cgi_script(folder, db))
+    os.chmod(os.path.join(folder, 'receiver.cgi'), 0o755)
     env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
            'QUERY_STRING': push_query('cgi-1'), 'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80',
            'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_SOFTWARE': 'Apache', 'REMOTE_ADDR': '127.0.0.1',
@@ -97,7 +99,7 @@ def bench_cgi(work, code, rounds, runs):
         (dict(env, FIBOSMS_DB=db), db, {
             'python3 -c pass': '%s -c pass' % PYTHON,
             'python3 receiver.py': '%s %s/receiver.py' % (PYTHON, folder),
-            'python3 receiver.cgi': '%s %s/receiver.cgi' % (PYTHON, folder)}),
+            'receiver.cgi': '%s/receiver.cgi' % folder}),   # its first line names PYTHON
         (dict(env, FIBOSMS_DB=php_db, SCRIPT_FILENAME=PHP_PAGE, REDIRECT_STATUS='200'), php_db,
          {'php-cgi receiver.php': 'php-cgi %s' % PHP_PAGE})]
     for group_env, _, commands in groups:       # each answers 2 (and creates its database)
@@ -140,7 +142,9 @@ def bench_inprocess(work, code, rounds, batch):
     sys.path.insert(0, code)
     import receiver
     import storage
-    app = receiver.make_app(db=os.path.join(work, 'app.sqlite3'), token=TOKEN)
+    for name in ('app', 'forward', 'floor'):   # each database in a folder of its own
+        os.mkdir(os.path.join(work, name), 0o700)
+    app = receiver.make_app(db=os.path.join(work, 'app', 'messages.sqlite3'), token=TOKEN)
     base = {'REQUEST_METHOD': 'GET', 'SCRIPT_NAME': '/fibosms', 'PATH_INFO': '/' + TOKEN,
             'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80', 'SERVER_PROTOCOL': 'HTTP/1.1',
             'REMOTE_ADDR': '127.0.0.1', 'wsgi.version': (1, 0), 'wsgi.url_scheme': 'http',
@@ -153,13 +157,15 @@ def bench_inprocess(work, code, rounds, batch):
 
     # The same pushes forwarded, signed, to an application on 127.0.0.1 that answers 204.
     application, url = local_application()
-    forwarding = receiver.make_app(db=os.path.join(work, 'forward.sqlite3'), token=TOKEN,
+    forwarding = receiver.make_app(db=os.path.join(work, 'forward', 'messages.sqlite3'),
+                                   token=TOKEN,
                                    forward_url=url, forward_secret=FORWARD_SECRET)
 
     def forward(guid):
         push(guid, forwarding)
 
-    floor = sqlite3.connect(os.path.join(work, 'floor.sqlite3'), isolation_level=None)
+    floor = sqlite3.connect(os.path.join(work, 'floor', 'messages.sqlite3'),
+                            isolation_level=None)
     floor.execute('PRAGMA synchronous = FULL')
     floor.execute('PRAGMA journal_mode = WAL')
     for statement in storage.MIGRATIONS[0]:
@@ -180,6 +186,7 @@ def bench_inprocess(work, code, rounds, batch):
         return batch / (time.perf_counter() - start)
 
     per_second(push, 'warm-app'), per_second(insert, 'warm-floor'), per_second(forward, 'w')
+    time.sleep(3)   # as in a server that has run a while, the folders have settled (FileState)
     app_rates, floor_rates, forward_rates = [], [], []
     for r in range(rounds):
         turn = [(app_rates, push, 'app-%d' % r), (floor_rates, insert, 'floor-%d' % r),
@@ -455,7 +462,7 @@ def table(results):
         lines += ['', '1. One push as a CGI process (hyperfine, median of %d rounds of %d runs)'
                   % (cgi['rounds'], cgi['runs']),
                   '   %-24s %8s %8s %8s %8s' % ('', 'wall ms', 'x pass', 'CPU ms', 'x pass')]
-        for name in ('python3 -c pass', 'python3 receiver.py', 'python3 receiver.cgi',
+        for name in ('python3 -c pass', 'python3 receiver.py', 'receiver.cgi',
                      'php-cgi receiver.php'):
             x = cgi[name]
             lines.append('   %-24s %8.2f %8.2f %8.2f %8.2f' % (
