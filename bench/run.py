@@ -137,47 +137,56 @@ def bench_cgi(work, code, rounds, runs):
 # -- 2. In-process ----------------------------------------------------------------------------
 
 def bench_inprocess(work, code, rounds, batch):
+    """Pushes through the WSGI callable against raw inserts, on the disk and on tmpfs (where a
+    commit waits for no disk, leaving the Python each costs), and pushes forwarded."""
     import io
     import sqlite3
     sys.path.insert(0, code)
     import receiver
     import storage
-    for name in ('app', 'forward', 'floor'):   # each database in a folder of its own
-        os.mkdir(os.path.join(work, name), 0o700)
-    app = receiver.make_app(db=os.path.join(work, 'app', 'messages.sqlite3'), token=TOKEN)
+    memory = tempfile.mkdtemp(prefix='fibosms-bench-', dir='/dev/shm')
     base = {'REQUEST_METHOD': 'GET', 'SCRIPT_NAME': '/fibosms', 'PATH_INFO': '/' + TOKEN,
             'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80', 'SERVER_PROTOCOL': 'HTTP/1.1',
             'REMOTE_ADDR': '127.0.0.1', 'wsgi.version': (1, 0), 'wsgi.url_scheme': 'http',
             'wsgi.input': io.BytesIO(b''), 'wsgi.errors': sys.stderr, 'wsgi.multithread': True,
             'wsgi.multiprocess': True, 'wsgi.run_once': False}
 
-    def push(guid, app=app):
-        if b''.join(app(dict(base, QUERY_STRING=push_query(guid)), lambda s, h: None)) != DONE:
-            raise RuntimeError('push %s not stored' % guid)
+    def database(place, name):   # each database in a folder of its own
+        os.mkdir(os.path.join(place, name), 0o700)
+        return os.path.join(place, name, 'messages.sqlite3')
 
-    # The same pushes forwarded, signed, to an application on 127.0.0.1 that answers 204.
+    def pusher(app):
+        def push(guid):
+            environ = dict(base, QUERY_STRING=push_query(guid))
+            if b''.join(app(environ, lambda s, h: None)) != DONE:
+                raise RuntimeError('push %s not stored' % guid)
+        return push
+
+    def inserter(path):
+        floor = sqlite3.connect(path, isolation_level=None)
+        floor.execute('PRAGMA synchronous = FULL')
+        floor.execute('PRAGMA journal_mode = WAL')
+        for statement in storage.MIGRATIONS[0]:
+            floor.execute(statement)
+
+        def insert(guid):
+            stamp = storage.utc_iso()
+            floor.execute('BEGIN IMMEDIATE')
+            floor.execute(storage.INSERT_MESSAGE, (
+                guid, '84912345678', '84912345678', 'Xin chao ' + guid, 'utf-8',
+                push_query(guid), '{}', '127.0.0.1', stamp, stamp, 'processed', None, stamp))
+            floor.execute('COMMIT')
+        return insert
+
+    # Forwarded: signed, to an application on 127.0.0.1 that answers 204.
     application, url = local_application()
-    forwarding = receiver.make_app(db=os.path.join(work, 'forward', 'messages.sqlite3'),
-                                   token=TOKEN,
-                                   forward_url=url, forward_secret=FORWARD_SECRET)
-
-    def forward(guid):
-        push(guid, forwarding)
-
-    floor = sqlite3.connect(os.path.join(work, 'floor', 'messages.sqlite3'),
-                            isolation_level=None)
-    floor.execute('PRAGMA synchronous = FULL')
-    floor.execute('PRAGMA journal_mode = WAL')
-    for statement in storage.MIGRATIONS[0]:
-        floor.execute(statement)
-
-    def insert(guid):
-        stamp = storage.utc_iso()
-        floor.execute('BEGIN IMMEDIATE')
-        floor.execute(storage.INSERT_MESSAGE, (
-            guid, '84912345678', '84912345678', 'Xin chao ' + guid, 'utf-8', push_query(guid),
-            '{}', '127.0.0.1', stamp, stamp, 'processed', None, stamp))
-        floor.execute('COMMIT')
+    runs = {
+        'app': pusher(receiver.make_app(db=database(work, 'app'), token=TOKEN)),
+        'floor': inserter(database(work, 'floor')),
+        'forward': pusher(receiver.make_app(db=database(work, 'forward'), token=TOKEN,
+                                            forward_url=url, forward_secret=FORWARD_SECRET)),
+        'app_tmpfs': pusher(receiver.make_app(db=database(memory, 'app'), token=TOKEN)),
+        'floor_tmpfs': inserter(database(memory, 'floor'))}
 
     def per_second(fn, prefix):
         start = time.perf_counter()
@@ -185,20 +194,22 @@ def bench_inprocess(work, code, rounds, batch):
             fn('%s-%d' % (prefix, i))
         return batch / (time.perf_counter() - start)
 
-    per_second(push, 'warm-app'), per_second(insert, 'warm-floor'), per_second(forward, 'w')
+    for name, fn in runs.items():
+        per_second(fn, 'warm-' + name)
     time.sleep(3)   # as in a server that has run a while, the folders have settled (FileState)
-    app_rates, floor_rates, forward_rates = [], [], []
+    rates = {name: [] for name in runs}
     for r in range(rounds):
-        turn = [(app_rates, push, 'app-%d' % r), (floor_rates, insert, 'floor-%d' % r),
-                (forward_rates, forward, 'forward-%d' % r)]
-        for rates, fn, prefix in turn[r % 3:] + turn[:r % 3]:
-            rates.append(per_second(fn, prefix))
-    floor.close()
+        names = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
+        for name in names:
+            rates[name].append(per_second(runs[name], '%s-%d' % (name, r)))
     application.shutdown()
-    return {'rounds': rounds, 'batch': batch, 'app_per_s': median(app_rates),
-            'floor_per_s': median(floor_rates), 'forward_per_s': median(forward_rates),
-            'ratio': median([a / f for a, f in zip(app_rates, floor_rates)]),
-            'samples': {'app': app_rates, 'floor': floor_rates, 'forward': forward_rates}}
+    shutil.rmtree(memory)
+    result = {'rounds': rounds, 'batch': batch, 'samples': rates}
+    result.update(('%s_per_s' % name, median(rates[name])) for name in runs)
+    for place in ('', '_tmpfs'):
+        result['ratio' + place] = median([a / f for a, f in zip(rates['app' + place],
+                                                                rates['floor' + place])])
+    return result
 
 
 def local_application():
@@ -473,6 +484,8 @@ def table(results):
                   'raw sqlite3 %.0f inserts/s: %.2fx' % (inproc['rounds'], inproc['batch'],
                                                          inproc['app_per_s'],
                                                          inproc['floor_per_s'], inproc['ratio']),
+                  '   on tmpfs: %.1f us a push, %.1f us an insert' % (
+                      1e6 / inproc['app_tmpfs_per_s'], 1e6 / inproc['floor_tmpfs_per_s']),
                   '   forwarding each push, signed, to an application on 127.0.0.1: '
                   '%.0f pushes/s' % inproc['forward_per_s']]
     srv = results.get('servers')
