@@ -337,7 +337,7 @@ class Connections:
     connection is never closed in a child either (https://sqlite.org/howtocorrupt.html, 2.6).
 
     A kept connection is used again only while the files are as it left them (`FileState`):
-    the same database file, of the same size and modification time, and the same -wal file.
+    the same database file, of the same size and change time, and the same -wal file.
     Otherwise the use opens afresh, reading the file as a CGI push does: SQLite 3.7.17 does
     not notice a file written over under an open connection and would go on from its cache,
     and a connection whose -wal file was deleted commits into the deleted file.
@@ -463,28 +463,33 @@ class ConnectionUse:
 
 class FileState:
     """What a kept connection must find unchanged: the database file's identity, size and
-    modification time, and the identity of its -wal file (None where a file is missing).
+    change time, and the identity of its -wal file (None where a file is missing).
+
+    Change times (ctime), not modification times: the kernel sets a file's ctime at every
+    change, mtime and owner included, and no program can set it back, where `cp -p`,
+    `rsync -a` and `tar x` put back an mtime they copied.
 
     The -wal file's identity is carried over from `before` (the state the connection last
-    saw) while its folder is unchanged: no file in a folder is created, deleted or renamed
-    without changing the folder's modification time. Only a folder that had settled (changed
-    at least SETTLED seconds before `before` looked) is trusted so: a change within the
-    same clock tick as the one before it would leave the time as it was. Looking at the
-    -wal file itself between two commits is not free: since Linux 6.13 it makes the next
-    write give the file a fine-grained modification time, one more journal write per push.
+    saw) while its folder's change time is as it was: no file in a folder is created,
+    deleted or renamed without changing it. Only a folder that had settled (changed at
+    least SETTLED seconds before `before` looked) is trusted so, as a change within the
+    same clock tick as the one before it would leave the time as it was (ticks are 1 to
+    10 ms; a few filesystems keep whole seconds, FAT two). Looking at the -wal file
+    itself between two commits is not free: since Linux 6.13 it makes the next write give
+    the file a fine-grained change time, one more journal write per push.
     """
-    SETTLED = 2.0
+    SETTLED = 3.0
 
     def __init__(self, path, before=None):
         self.db = self.wal = self.folder = None
         self.seen_at = time.time()
         try:
             st = os.stat(path)
-            self.db = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            self.db = (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
             st = os.stat(os.path.dirname(path))
-            self.folder = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            self.folder = (st.st_dev, st.st_ino, st.st_ctime_ns)
             if (before is not None and before.folder == self.folder
-                    and st.st_mtime_ns < (before.seen_at - self.SETTLED) * 1e9):
+                    and st.st_ctime_ns < (before.seen_at - self.SETTLED) * 1e9):
                 self.wal = before.wal
                 return
             st = os.stat(path + '-wal')

@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -14,14 +15,30 @@ from conftest import DONE, rows
 PUSH = {'phone': '1', 'message': 'hi', 'charset': 'utf-8', 'raw_query': ''}
 
 
+SETTLE = 0.05   # the settled runs' FileState.SETTLED: longer than a clock tick (1 to 10 ms)
+
+
 @pytest.fixture(autouse=True, params=['new folder', 'settled folder'])
 def settled(request, monkeypatch):
     """Each test twice: as just after the database was made, where the -wal file is looked
     at on every use, and as in a server that has run a while, where its identity is carried
-    over while the folder is unchanged (storage.FileState)."""
-    seconds = storage.FileState.SETTLED if request.param == 'new folder' else -3600.0
-    monkeypatch.setattr(storage.FileState, 'SETTLED', seconds)
-    return seconds
+    over while the folder is unchanged (storage.FileState). There a folder settles in SETTLE
+    seconds, and each new connection waits that long, as if it had been made long ago."""
+    pause = 0.0
+    if request.param == 'settled folder':
+        pause = SETTLE * 1.2
+        monkeypatch.setattr(storage.FileState, 'SETTLED', SETTLE)
+        monkeypatch.setattr(storage, 'connect', settling(storage.connect, pause))
+    return pause
+
+
+def settling(connect, pause):
+    """`connect`, then a pause, so that the folder has settled when the connection is used."""
+    def connect_and_settle(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        time.sleep(pause)
+        return conn
+    return connect_and_settle
 
 
 def push(conn, guid):
@@ -262,11 +279,10 @@ def test_wal_file_replaced_during_a_use_fails_it(db):
     assert 'b' in [r['guid'] for r in rows(db)]
 
 
-def test_wal_file_is_looked_at_until_its_folder_has_settled(db, monkeypatch):
-    """Within SETTLED seconds of a change to the folder, a second change may fall in the same
-    clock tick and leave the folder's time as it was: the -wal file itself is looked at then,
-    so its replacement is seen even with the folder's time put back."""
-    monkeypatch.setattr(storage.FileState, 'SETTLED', 2.0)
+def test_wal_file_replaced_and_the_folder_time_put_back_is_seen(db):
+    """A restore by `rsync -a` over the running server's folder: the database file unchanged
+    (skipped), the -wal file replaced by a rename, the folder's modification time put back.
+    The folder's change time cannot be put back: the replacement is seen and refused."""
     connections = storage.Connections()
     with connections.use(db, keep=True) as conn:
         push(conn, 'a')
@@ -277,6 +293,43 @@ def test_wal_file_is_looked_at_until_its_folder_has_settled(db, monkeypatch):
     with pytest.raises(storage.StorageError, match='-wal file of .* was replaced'):
         with connections.use(db, keep=True) as conn:
             push(conn, 'b')
+
+
+def test_database_written_over_in_place_with_its_time_put_back_is_seen(db):
+    """A backup copied over the database in place, its modification time put back (as
+    `cp -p` does): the same file, of the same size, but its change time moved, so the kept
+    connection, whose cache holds what was overwritten, is not used again."""
+    connections = storage.Connections()
+    with connections.use(db, 'delete', keep=True) as first:
+        push(first, 'a')
+    shutil.copyfile(db, db + '.backup')
+    with connections.use(db, 'delete', keep=True) as conn:
+        push(conn, 'b')
+    st = os.stat(db)
+    with open(db + '.backup', 'rb') as backup, open(db, 'r+b') as f:
+        f.write(backup.read())
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(db).st_size == st.st_size
+    with connections.use(db, 'delete', keep=True) as second:
+        push(second, 'c')
+    assert second is not first
+    assert [r['guid'] for r in rows(db)] == ['a', 'c']
+
+
+def test_wal_file_is_looked_at_only_until_the_folder_has_settled(db, settled, monkeypatch):
+    """The -wal file is looked at on every use while its folder's last change is recent,
+    and not once the folder has settled (see the fixture `settled`)."""
+    connections = storage.Connections()
+    with connections.use(db, keep=True) as conn:
+        push(conn, 'a')
+    looked = []
+    stat = os.stat
+    monkeypatch.setattr(os, 'stat',
+                        lambda path, *a, **k: looked.append(path) or stat(path, *a, **k))
+    with connections.use(db, keep=True) as conn:
+        push(conn, 'b')
+    assert (db + '-wal' in looked) == (not settled)
+    assert [r['guid'] for r in rows(db)] == ['a', 'b']
 
 
 def test_app_recovers_from_deleted_wal_and_shm_files_without_a_restart(make_client, db):
@@ -310,10 +363,18 @@ def test_database_moved_aside_under_a_kept_connection_leaves_the_new_one_whole(d
 
 
 SERVER = r'''
-import sys
+import sys, time
 sys.path.insert(0, sys.argv[1])
 import storage
-storage.FileState.SETTLED = float(sys.argv[3])
+pause = float(sys.argv[3])
+if pause:   # as the fixture `settled` does
+    storage.FileState.SETTLED = float(sys.argv[4])
+    connect = storage.connect
+    def connect_and_settle(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        time.sleep(pause)
+        return conn
+    storage.connect = connect_and_settle
 connections = storage.Connections()
 for line in sys.stdin:
     command, _, guid = line.split()[0], None, line.split()[-1]
@@ -332,9 +393,9 @@ for line in sys.stdin:
 class Server(object):
     """A process that keeps its connection between pushes, as a server's does."""
 
-    def __init__(self, db):
+    def __init__(self, db, pause):
         self.proc = subprocess.Popen(
-            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db,
+            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db, repr(pause),
              repr(storage.FileState.SETTLED)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
 
@@ -357,10 +418,10 @@ def guids_seen_by_a_new_process(db):
                                    universal_newlines=True).split()
 
 
-def test_moved_database_stays_whole_when_the_old_server_exits(db):
+def test_moved_database_stays_whole_when_the_old_server_exits(db, settled):
     """A server whose database was moved aside goes on with the new one, and its exit does
     not delete the new database's -wal file (SQLite 3.7.17 closing would, by name)."""
-    old, new = Server(db), Server(db)
+    old, new = Server(db, settled), Server(db, settled)
     try:
         assert old.push('a') == 'stored'
         os.mkdir(os.path.join(os.path.dirname(db), 'aside'), 0o700)
@@ -376,23 +437,23 @@ def test_moved_database_stays_whole_when_the_old_server_exits(db):
     assert guids_seen_by_a_new_process(db) == ['b', 'c', 'd']
 
 
-def test_new_wal_file_made_by_another_process_is_never_deleted(db):
+def test_new_wal_file_made_by_another_process_is_never_deleted(db, settled):
     """-wal and -shm deleted; another process then commits into a new -wal file: the server
     must not close its old connection (that would delete the new file by name and lose the
     push), so it refuses until restarted, and nothing answered 2 afterwards is lost."""
-    server = Server(db)
+    server = Server(db, settled)
     try:
         assert server.push('a') == 'stored'
         os.remove(db + '-wal')
         os.remove(db + '-shm')
-        other = Server(db)
+        other = Server(db, settled)
         assert other.push('c') == 'stored'
         assert server.push('d').startswith('refused the -wal file of %s was replaced' % db)
         assert other.push('e') == 'stored'
         other.exit()
     finally:
         server.exit()
-    restarted = Server(db)
+    restarted = Server(db, settled)
     try:
         assert restarted.push('f') == 'stored'
     finally:
