@@ -46,13 +46,10 @@ import os
 import sys
 import time
 
-try:
-    # The C module that the sqlite3 package re-exports: the same connect, Row and exceptions.
-    # The package adds only the DB-API's date and time helpers, never used here, and imports
-    # datetime for them: some 2 ms of every CGI push.
-    import _sqlite3 as sqlite3
-except ImportError:  # a Python whose sqlite3 is built otherwise
-    import sqlite3
+# The C module that the sqlite3 package re-exports: the same connect, Row and exceptions.
+# The package adds only the DB-API's date and time helpers, never used here, and imports
+# datetime for them: some 2 ms of every CGI push.
+import _sqlite3 as sqlite3
 
 # -- Settings ---------------------------------------------------------------------------------
 
