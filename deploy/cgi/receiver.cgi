@@ -2,9 +2,9 @@
 """FiboSMS push receiver as a CGI script, for shared hosting (cPanel and the like).
 
 The first line is the Python that runs it: write the full path of yours if it is elsewhere
-(`command -v python3` tells), keeping the -S. -S starts Python without site-packages, which
-nothing here needs, and spares every push the time of loading them; take it out only if a
-hook of yours imports a package installed there.
+(`python3 -c 'import sys; print(sys.executable)'` tells), keeping the -S. -S starts Python
+without site-packages, which nothing here needs, and spares every push the time of loading
+them; take it out only if a hook of yours imports a package installed there.
 
 Upload this file and the .htaccess beside it to a folder of its own under public_html, e.g.
 public_html/fibosms/; the page's URL is then https://example.com/fibosms/receiver.cgi/SECRET.
