@@ -59,6 +59,7 @@ Run as: a WSGI application (``application``); a CGI script (GATEWAY_INTERFACE is
 ``python3 receiver.py [--host 127.0.0.1] [--port 8000] [--db PATH]``, a small threaded server
 fit to face clients itself (smallserver.py, loaded only then).
 """
+import io
 import os
 import sys
 
@@ -87,6 +88,7 @@ MAX_GUID = 128                  # characters
 MAX_PHONE = 32                  # characters
 HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
 MAX_RESOLVED = 16               # sets of settings an app remembers (see make_app)
+MAX_READ_AWAY = 1024 * 1024     # bytes of an unread body a CGI process reads at its end
 CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
 HEX = frozenset(b'0123456789abcdefABCDEF')
 PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
@@ -279,15 +281,14 @@ def read_body(environ):
     length = environ.get('CONTENT_LENGTH', '').strip()
     stream = environ['wsgi.input']
     if length:
-        # ASCII digits only (str.isdecimal() and int() take '١٦' too), and few of them: int()
-        # refuses over 4300 digits since Python 3.11 (CVE-2020-10735).
-        if length.strip('0123456789') or len(length) > 18:
+        size = content_length(length)
+        if size is None:
             raise Reject(400, 'Content-Length %r is not a number' % length[:20])
-        if int(length) > MAX_INPUT:
-            raise Reject(413, 'body of %s bytes is over %d' % (length, MAX_INPUT))
-        body = read_input(stream, int(length)) if int(length) else b''
-        if len(body) < int(length):
-            raise Reject(400, 'body ended after %d of %s bytes' % (len(body), length))
+        if size > MAX_INPUT:
+            raise Reject(413, 'body of %d bytes is over %d' % (size, MAX_INPUT))
+        body = read_input(stream, size) if size else b''
+        if len(body) < size:
+            raise Reject(400, 'body ended after %d of %d bytes' % (len(body), size))
     elif environ.get('wsgi.input_terminated'):  # chunked: the server marks where it ends
         body = read_input(stream, MAX_INPUT + 1)
         if len(body) > MAX_INPUT:
@@ -298,6 +299,16 @@ def read_body(environ):
     if body and kind not in ('', FORM_TYPE):
         raise Reject(415, 'body of type %r is not a form' % kind[:40])
     return body
+
+
+def content_length(text):
+    """CONTENT_LENGTH as an int, or None unless it is ASCII digits (str.isdecimal() and int()
+    take '١٦' too), and few of them: int() refuses over 4300 digits since Python 3.11
+    (CVE-2020-10735)."""
+    text = text.strip()
+    if not text or text.strip('0123456789') or len(text) > 18:
+        return None
+    return int(text)
 
 
 def read_input(stream, size):
@@ -581,13 +592,16 @@ def serve_cgi(app=application):
 
     The gateway of PEP 3333's own example (run_with_cgi), rather than
     wsgiref.handlers.CGIHandler, whose import of `re` costs some 3 ms of every push;
-    tests/test_cgi_gateway.py holds the two to the same bytes out. One difference: should
-    `app` raise before it answers, the answer is 503 <Status>1</Status>, not an HTML 500.
+    tests/test_cgi_gateway.py holds the two to the same bytes out. Two differences: should
+    `app` raise before it answers, the answer is 503 <Status>1</Status>, not an HTML 500;
+    and what `app` left unread of the body is read at the end (`read_away`).
     """
     environ = cgi_environ()
+    stdin = CountedInput(sys.stdin.buffer.raw)
     environ.update({
-        'wsgi.input': sys.stdin.buffer, 'wsgi.errors': sys.stderr, 'wsgi.version': (1, 0),
-        'wsgi.multithread': False, 'wsgi.multiprocess': True, 'wsgi.run_once': True,
+        'wsgi.input': io.BufferedReader(stdin), 'wsgi.errors': sys.stderr,
+        'wsgi.version': (1, 0), 'wsgi.multithread': False, 'wsgi.multiprocess': True,
+        'wsgi.run_once': True,
         'wsgi.url_scheme': 'https' if environ.get('HTTPS') in ('yes', 'on', '1') else 'http'})
     out = sys.stdout.buffer
     headers_set, headers_sent = [], []
@@ -625,6 +639,37 @@ def serve_cgi(app=application):
         if not headers_sent:
             status_response(start_response, 503)
             write(RETRY)
+    read_away(stdin, content_length(environ.get('CONTENT_LENGTH', '')) or 0)
+
+
+class CountedInput(io.RawIOBase):
+    """The CGI process's stdin, counting the bytes taken from it."""
+
+    def __init__(self, raw):
+        self.raw, self.taken = raw, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        count = self.raw.readinto(buffer)
+        self.taken += count or 0
+        return count
+
+
+def read_away(stdin, length):
+    """Read what the application left of a request body of `length` bytes, at most
+    MAX_READ_AWAY. A CGI script that exits with its input unread has Apache's mod_cgid lose
+    its answer: the socket between them is reset (AH00574), and the client gets none."""
+    left = min(length - stdin.taken, MAX_READ_AWAY)
+    try:
+        while left > 0:
+            chunk = stdin.raw.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except OSError:  # the server closed it: nothing left to lose
+        pass
 
 
 def cgi_environ():

@@ -2,8 +2,10 @@
 same request (environment bytes and stdin) to a real process of each gives the same bytes out,
 and the same WSGI environ, non-ASCII paths and odd bytes included."""
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -135,3 +137,38 @@ def test_cgi_push_imports_only_what_it_needs(tmp_path):
     for name in ('re', 'wsgiref', 'threading', 'json', 'ipaddress', 'hmac', 'traceback',
                  'sqlite3', 'datetime'):
         assert name not in modules, name
+
+
+def test_serve_cgi_reads_away_a_body_it_refused_unread(tmp_path):
+    """A POST refused before its body is read (a wrong secret) still has its body read, at the
+    end: Apache's mod_cgid gives the script one socket as stdin and stdout (as here), and a
+    script exiting with input unread resets it, which loses the answer (AH00574)."""
+    body = b'message=x&' * 10000
+    code = ('import sys; sys.path.insert(0, %r); import receiver\n'
+            'receiver.serve_cgi(receiver.make_app(db=%r, token=%r))'
+            % (ROOT, str(tmp_path / 'messages.sqlite3'), TOKEN))
+    env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'POST',
+           'PATH_INFO': '/wrong', 'CONTENT_LENGTH': str(len(body)), 'REMOTE_ADDR': '192.0.2.10',
+           'CONTENT_TYPE': 'application/x-www-form-urlencoded'}
+    server, script = socket.socketpair()
+    with server:
+        proc = subprocess.Popen([sys.executable, '-c', code], stdin=script, stdout=script,
+                                stderr=subprocess.PIPE, env=env)
+        script.close()
+        sender = threading.Thread(target=send_body, args=(server, body))
+        sender.start()
+        answer = b''
+        for chunk in iter(lambda: server.recv(65536), b''):  # a reset raises here
+            answer += chunk
+        sender.join()
+        assert proc.wait(30) == 0, proc.stderr.read()
+        proc.stderr.close()
+    assert answer.startswith(b'Status: 403 Forbidden\r\n') and answer.endswith(RETRY), answer
+
+
+def send_body(sock, body):
+    try:
+        sock.sendall(body)
+        sock.shutdown(socket.SHUT_WR)   # as mod_cgid does once the body is written
+    except OSError:  # the script is gone
+        pass
