@@ -88,7 +88,8 @@ MAX_GUID = 128                  # characters
 MAX_PHONE = 32                  # characters
 HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
 MAX_RESOLVED = 16               # sets of settings an app remembers (see make_app)
-MAX_READ_AWAY = 1024 * 1024     # bytes of an unread body a CGI process reads at its end
+MAX_READ_AWAY = 1024 * 1024     # bytes of an unread body a CGI process reads at its end,
+READ_AWAY_SECONDS = 2.0         # for at most this long
 CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
 HEX = frozenset(b'0123456789abcdefABCDEF')
 PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
@@ -658,12 +659,22 @@ class CountedInput(io.RawIOBase):
 
 
 def read_away(stdin, length):
-    """Read what the application left of a request body of `length` bytes, at most
-    MAX_READ_AWAY. A CGI script that exits with its input unread has Apache's mod_cgid lose
-    its answer: the socket between them is reset (AH00574), and the client gets none."""
+    """Read what the application left of a request body of `length` bytes: at most
+    MAX_READ_AWAY bytes, for at most READ_AWAY_SECONDS. A CGI script that exits with its
+    input unread has Apache's mod_cgid lose its answer: the socket between them is reset
+    (AH00574), and the client gets none. The bounds keep a client that sends a body slowly
+    from holding the process (shared hosts limit an account's processes)."""
     left = min(length - stdin.taken, MAX_READ_AWAY)
+    if left <= 0:
+        return
+    import select
+    import time
+    deadline = time.monotonic() + READ_AWAY_SECONDS
     try:
         while left > 0:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([stdin.raw], [], [], wait)[0]:
+                break
             chunk = stdin.raw.read(min(left, 65536))
             if not chunk:
                 break

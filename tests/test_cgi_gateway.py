@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+import receiver
 from conftest import DONE, RETRY, ROOT
 
 GATEWAYS = {
@@ -172,3 +173,26 @@ def send_body(sock, body):
         sock.shutdown(socket.SHUT_WR)   # as mod_cgid does once the body is written
     except OSError:  # the script is gone
         pass
+
+
+def test_serve_cgi_stops_reading_away_a_body_that_never_comes(tmp_path):
+    """A POST announcing a body it never sends, refused: the process waits for the body
+    READ_AWAY_SECONDS at most, not as long as the client likes (shared hosts limit an
+    account's processes), and its answer is written first."""
+    code = ('import sys; sys.path.insert(0, %r); import receiver\n'
+            'receiver.serve_cgi(receiver.make_app(db=%r, token=%r))'
+            % (ROOT, str(tmp_path / 'messages.sqlite3'), TOKEN))
+    env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'POST',
+           'PATH_INFO': '/wrong', 'CONTENT_LENGTH': '100000', 'REMOTE_ADDR': '192.0.2.10'}
+    server, script = socket.socketpair()
+    with server:
+        proc = subprocess.Popen([sys.executable, '-c', code], stdin=script, stdout=script,
+                                stderr=subprocess.PIPE, env=env)
+        script.close()
+        try:
+            assert proc.wait(receiver.READ_AWAY_SECONDS + 20) == 0, proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.stderr.close()
+        answer = server.recv(65536)
+    assert answer.startswith(b'Status: 403 Forbidden\r\n') and answer.endswith(RETRY), answer
