@@ -598,7 +598,8 @@ def serve_cgi(app=application):
     and what `app` left unread of the body is read at the end (`read_away`).
     """
     environ = cgi_environ()
-    stdin = CountedInput(sys.stdin.buffer.raw)
+    # Python sets sys.stdin to None when file descriptor 0 is closed: no body then.
+    stdin = CountedInput(sys.stdin.buffer.raw if sys.stdin is not None else io.BytesIO())
     environ.update({
         'wsgi.input': io.BufferedReader(stdin), 'wsgi.errors': sys.stderr,
         'wsgi.version': (1, 0), 'wsgi.multithread': False, 'wsgi.multiprocess': True,
@@ -640,7 +641,7 @@ def serve_cgi(app=application):
         if not headers_sent:
             status_response(start_response, 503)
             write(RETRY)
-    read_away(stdin, content_length(environ.get('CONTENT_LENGTH', '')) or 0)
+    read_away(stdin, environ)
 
 
 class CountedInput(io.RawIOBase):
@@ -658,13 +659,17 @@ class CountedInput(io.RawIOBase):
         return count
 
 
-def read_away(stdin, length):
-    """Read what the application left of a request body of `length` bytes: at most
-    MAX_READ_AWAY bytes, for at most READ_AWAY_SECONDS. A CGI script that exits with its
-    input unread has Apache's mod_cgid lose its answer: the socket between them is reset
-    (AH00574), and the client gets none. The bounds keep a client that sends a body slowly
-    from holding the process (shared hosts limit an account's processes)."""
-    left = min(length - stdin.taken, MAX_READ_AWAY)
+def read_away(stdin, environ):
+    """Read what the application left of the request body: the rest of CONTENT_LENGTH, or
+    of a chunked body (Apache passes it on without one) up to its end; at most MAX_READ_AWAY
+    bytes, for at most READ_AWAY_SECONDS. A CGI script that exits with its input unread has
+    Apache's mod_cgid lose its answer: the socket between them is reset (AH00574), and the
+    client gets none. The bounds free the process from a client that sends slowly or never
+    (Apache itself still waits for the body, within its own timeouts)."""
+    length = content_length(environ.get('CONTENT_LENGTH', ''))
+    if length is None and environ.get('HTTP_TRANSFER_ENCODING'):
+        length = stdin.taken + MAX_READ_AWAY
+    left = min((length or 0) - stdin.taken, MAX_READ_AWAY)
     if left <= 0:
         return
     import select
@@ -679,7 +684,7 @@ def read_away(stdin, length):
             if not chunk:
                 break
             left -= len(chunk)
-    except OSError:  # the server closed it: nothing left to lose
+    except OSError:  # the server closed it, or there is no stdin: nothing left to lose
         pass
 
 

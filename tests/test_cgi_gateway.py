@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -140,31 +141,23 @@ def test_cgi_push_imports_only_what_it_needs(tmp_path):
         assert name not in modules, name
 
 
-def test_serve_cgi_reads_away_a_body_it_refused_unread(tmp_path):
-    """A POST refused before its body is read (a wrong secret) still has its body read, at the
-    end: Apache's mod_cgid gives the script one socket as stdin and stdout (as here), and a
-    script exiting with input unread resets it, which loses the answer (AH00574)."""
-    body = b'message=x&' * 10000
+def run_cgi_on_socket(tmp_path, env, body=None):
+    """receiver.py's CGI gateway with one socket as stdin and stdout, as Apache's mod_cgid
+    gives it: `body` sent (then end of file), or, if None, never. (process, our socket end)"""
     code = ('import sys; sys.path.insert(0, %r); import receiver\n'
             'receiver.serve_cgi(receiver.make_app(db=%r, token=%r))'
             % (ROOT, str(tmp_path / 'messages.sqlite3'), TOKEN))
-    env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'POST',
-           'PATH_INFO': '/wrong', 'CONTENT_LENGTH': str(len(body)), 'REMOTE_ADDR': '192.0.2.10',
-           'CONTENT_TYPE': 'application/x-www-form-urlencoded'}
+    env = dict({'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1',
+                'REQUEST_METHOD': 'POST', 'PATH_INFO': '/wrong', 'REMOTE_ADDR': '192.0.2.10',
+                'CONTENT_TYPE': 'application/x-www-form-urlencoded'}, **env)
     server, script = socket.socketpair()
-    with server:
-        proc = subprocess.Popen([sys.executable, '-c', code], stdin=script, stdout=script,
-                                stderr=subprocess.PIPE, env=env)
-        script.close()
-        sender = threading.Thread(target=send_body, args=(server, body))
-        sender.start()
-        answer = b''
-        for chunk in iter(lambda: server.recv(65536), b''):  # a reset raises here
-            answer += chunk
-        sender.join()
-        assert proc.wait(30) == 0, proc.stderr.read()
-        proc.stderr.close()
-    assert answer.startswith(b'Status: 403 Forbidden\r\n') and answer.endswith(RETRY), answer
+    server.settimeout(30)
+    proc = subprocess.Popen([sys.executable, '-c', code], stdin=script, stdout=script,
+                            stderr=subprocess.PIPE, env=env)
+    script.close()
+    if body is not None:
+        threading.Thread(target=send_body, args=(server, body)).start()
+    return proc, server
 
 
 def send_body(sock, body):
@@ -175,24 +168,39 @@ def send_body(sock, body):
         pass
 
 
-def test_serve_cgi_stops_reading_away_a_body_that_never_comes(tmp_path):
-    """A POST announcing a body it never sends, refused: the process waits for the body
-    READ_AWAY_SECONDS at most, not as long as the client likes (shared hosts limit an
-    account's processes), and its answer is written first."""
-    code = ('import sys; sys.path.insert(0, %r); import receiver\n'
-            'receiver.serve_cgi(receiver.make_app(db=%r, token=%r))'
-            % (ROOT, str(tmp_path / 'messages.sqlite3'), TOKEN))
-    env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'POST',
-           'PATH_INFO': '/wrong', 'CONTENT_LENGTH': '100000', 'REMOTE_ADDR': '192.0.2.10'}
-    server, script = socket.socketpair()
+def answer_until_end(proc, server):
+    """What the script wrote, up to its end (a reset raises ConnectionResetError)."""
     with server:
-        proc = subprocess.Popen([sys.executable, '-c', code], stdin=script, stdout=script,
-                                stderr=subprocess.PIPE, env=env)
-        script.close()
-        try:
-            assert proc.wait(receiver.READ_AWAY_SECONDS + 20) == 0, proc.stderr.read()
-        finally:
-            proc.kill()
-            proc.stderr.close()
-        answer = server.recv(65536)
+        answer = b''.join(iter(lambda: server.recv(65536), b''))
+        assert proc.wait(30) == 0, proc.stderr.read()
+        proc.stderr.close()
+    return answer
+
+
+@pytest.mark.parametrize('framing', ['Content-Length', 'chunked'])
+def test_serve_cgi_reads_away_a_body_it_refused_unread(tmp_path, framing):
+    """A POST refused before its body is read (a wrong secret) still has its body read, at the
+    end: a script exiting with input unread resets the socket mod_cgid gives it, which loses
+    the answer (AH00574). Apache passes a chunked body on without CONTENT_LENGTH."""
+    body = b'message=x&' * 10000
+    env = ({'CONTENT_LENGTH': str(len(body))} if framing == 'Content-Length'
+           else {'HTTP_TRANSFER_ENCODING': 'chunked'})
+    answer = answer_until_end(*run_cgi_on_socket(tmp_path, env, body))
     assert answer.startswith(b'Status: 403 Forbidden\r\n') and answer.endswith(RETRY), answer
+
+
+def test_serve_cgi_stops_reading_away_a_body_that_never_comes(tmp_path):
+    """A POST announcing a body it never sends, refused: the answer is written at once, and
+    the process then waits READ_AWAY_SECONDS for the body, not as long as the client likes."""
+    proc, server = run_cgi_on_socket(tmp_path, {'CONTENT_LENGTH': '100000'})
+    with server:
+        answer = b''
+        while not answer.endswith(RETRY):
+            answer += server.recv(65536) or RETRY   # (an end of file fails below)
+        answered = time.monotonic()
+        assert proc.poll() is None      # waiting for the body, its answer given
+        assert proc.wait(30) == 0, proc.stderr.read()
+        waited = time.monotonic() - answered
+        proc.stderr.close()
+    assert answer.startswith(b'Status: 403 Forbidden\r\n') and answer.endswith(RETRY), answer
+    assert receiver.READ_AWAY_SECONDS - 0.5 < waited < receiver.READ_AWAY_SECONDS + 10
