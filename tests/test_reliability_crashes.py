@@ -113,7 +113,7 @@ def test_kill_9_of_the_server_under_load_loses_no_answered_push(tmp_path, figure
 def test_kill_9_of_cgi_processes_loses_no_answered_push(tmp_path, figures):
     """56 CGI processes, 8 at a time, most killed at a random moment: every 2 survives."""
     db = str(tmp_path / 'data' / 'messages.sqlite3')
-    ledger, rng, kills = Ledger(), random.Random(2), 0
+    ledger, rng = Ledger(), random.Random(2)
     guids = ['cgi-%02d' % n for n in range(CGI_PROCESSES)]
     # One push first, unharmed and untimed: it makes the database and the bytecode cache, which
     # would make the first wave's life, and so every planned kill, too long (a new Python).
@@ -133,22 +133,27 @@ def test_kill_9_of_cgi_processes_loses_no_answered_push(tmp_path, figures):
         out, _ = process.communicate(timeout=30)
         ledger.record(guid, *cgi_answer(out))
     life = sorted(lives.values())[len(lives) // 2]
+    killed = []
     for wave in range(CGI_AT_ONCE, CGI_PROCESSES, CGI_AT_ONCE):
-        batch = [(g, time.monotonic(), start_cgi(db, query(g)))
-                 for g in guids[wave:wave + CGI_AT_ONCE]]
         # Most processes get a moment to die at, spread over their life: before, during or
-        # after their transaction.
-        plan = sorted((batch[n][1] + rng.uniform(0.05, 0.8) * life, n)
-                      for n in range(len(batch)) if rng.random() < 0.8)
-        for at, n in plan:
-            time.sleep(max(0.0, at - time.monotonic()))
-            if batch[n][2].poll() is None:
-                batch[n][2].kill()
-                kills += 1
-        for guid, _, process in batch:
+        # after their transaction. A timer kills each as the next ones start, which from a
+        # large parent may take longer than a process lives.
+        batch, timers = [], []
+        for guid in guids[wave:wave + CGI_AT_ONCE]:
+            started, process = time.monotonic(), start_cgi(db, query(guid))
+            batch.append((guid, process))
+            if rng.random() < 0.8:
+                at = started + rng.uniform(0.05, 0.8) * life
+                timers.append(threading.Timer(max(0.0, at - time.monotonic()),
+                                              kill_if_running, (process, killed)))
+                timers[-1].start()
+        for timer in timers:
+            timer.join()
+        for guid, process in batch:
             out, _ = process.communicate(timeout=30)
             ledger.record(guid, *cgi_answer(out))
         assert ledger.check(db) == 0
+    kills = len(killed)
     assert kills >= CGI_PROCESSES // 8, 'too few processes were killed mid-flight'
     for guid in sorted(ledger.unanswered):                   # the gateway's next retry
         code, body, err = run_cgi(db, query(guid))
@@ -162,6 +167,12 @@ def test_kill_9_of_cgi_processes_loses_no_answered_push(tmp_path, figures):
     figures['requests'] += ledger.requests
     figures['duplicates'] += ledger.duplicates
     figures['answered_2'] += ledger.answers_of_2
+
+
+def kill_if_running(process, killed):
+    if process.poll() is None:
+        process.kill()
+        killed.append(process.pid)
 
 
 def wsgi_daemons(ws):
