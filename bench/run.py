@@ -73,14 +73,6 @@ def copy_code(code, folder):
         shutil.copyfile(os.path.join(code, name), os.path.join(folder, name))
 
 
-def cgi_script(code, db):
-    """deploy/cgi/receiver.cgi with its CHANGE lines filled in."""
-    return servers.snippet('cgi/receiver.cgi', [
-        ("os.path.expanduser('~/fibosms')", repr(code)),
-        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(db)),
-        ("'change-me-to-a-long-random-secret'", repr(TOKEN))])
-
-
 # -- 1. CGI processes -------------------------------------------------------------------------
 
 def bench_cgi(work, code, rounds, runs):
@@ -89,7 +81,7 @@ def bench_cgi(work, code, rounds, runs):
     copy_code(code, folder)
     db, php_db = os.path.join(folder, 'receiver.sqlite3'), os.path.join(folder, 'php.sqlite3')
     with open(os.path.join(folder, 'receiver.cgi'), 'w') as f:
-        f.write(cgi_script(folder, db))
+        f.write(servers.cgi_script(folder, db))
     os.chmod(os.path.join(folder, 'receiver.cgi'), 0o755)
     env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
            'QUERY_STRING': push_query('cgi-1'), 'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80',
@@ -234,12 +226,7 @@ def local_application():
 # -- 3. Servers -------------------------------------------------------------------------------
 
 def site_mod_wsgi(ws):
-    config = servers.snippet('apache-mod_wsgi.conf', [
-        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
-        ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
-        ('/srv/fibosms/app', ws.app), ('/srv/fibosms/data', ws.data),
-        ('change-me-to-a-long-random-secret', TOKEN)])
+    config = servers.mod_wsgi_config(ws)
     # Loopback HTTP: TLS would cost every page the same.
     config = '\n'.join(line for line in config.splitlines() if not line.lstrip().startswith('SSL'))
     return ['wsgi', 'headers', 'reqtimeout'], config, '/fibosms/' + TOKEN
@@ -248,7 +235,7 @@ def site_mod_wsgi(ws):
 def site_cgi(ws):
     folder = ws.folder('www', 'fibosms')
     ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'), folder + '/.htaccess', 0o644)
-    ws.write(folder + '/receiver.cgi', cgi_script(ws.app, ws.db), mode=0o755)
+    ws.write(folder + '/receiver.cgi', servers.cgi_script(ws.app, ws.db), mode=0o755)
     # On a shared host the script's owner runs it, and Python caches the bytecode of
     # receiver.py and storage.py at the first push; here the code is root's: cache it now.
     subprocess.run([PYTHON, '-m', 'compileall', '-q', ws.app], check=True)

@@ -153,6 +153,27 @@ def snippet(name, replacements=()):
     return text
 
 
+def cgi_script(code, db, more=()):
+    """deploy/cgi/receiver.cgi with its CHANGE lines filled in (the code's folder, the
+    database, TOKEN), and `more` (old, new) pairs."""
+    return snippet('cgi/receiver.cgi', [
+        ("os.path.expanduser('~/fibosms')", repr(code)),
+        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(db)),
+        ("'change-me-to-a-long-random-secret'", repr(TOKEN))] + list(more))
+
+
+def mod_wsgi_config(ws, more=()):
+    """deploy/apache-mod_wsgi.conf for workspace `ws`: its port, folders, user, certificate and
+    TOKEN, and `more` (old, new) pairs."""
+    return snippet('apache-mod_wsgi.conf', tls_replacements(ws) + [
+        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
+        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
+        ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
+        ('/srv/fibosms/app', ws.app),
+        ('/srv/fibosms/data', ws.data),
+        ('change-me-to-a-long-random-secret', TOKEN)] + list(more))
+
+
 def tls_replacements(ws):
     """The certificate lines of the shipped Apache and nginx snippets, pointed at ours."""
     return [('/etc/letsencrypt/live/sms.example.com/fullchain.pem', ws.cert),

@@ -75,14 +75,7 @@ def grant(folder):
 
 
 def start_mod_wsgi(ws):
-    config = servers.snippet('apache-mod_wsgi.conf', servers.tls_replacements(ws) + [
-        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),   # not granted
-        ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
-        ('/srv/fibosms/app', ws.app),
-        ('/srv/fibosms/data', ws.data),
-        ('change-me-to-a-long-random-secret', TOKEN),
-    ])
+    config = servers.mod_wsgi_config(ws)   # the DocumentRoot not granted
     apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], config).start()
     front = Front('mod_wsgi', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
     front.servers = [apache]
@@ -95,11 +88,7 @@ def start_cgi(ws):
     folder = ws.folder('site', 'fibosms')
     ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
             os.path.join(folder, '.htaccess'), 0o644)
-    ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
-        ("os.path.expanduser('~/fibosms')", repr(ws.app)),
-        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
-        ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
-    ]), mode=0o755)
+    ws.write(os.path.join(folder, 'receiver.cgi'), servers.cgi_script(ws.app, ws.db), mode=0o755)
     host = ('ScriptSock %s/cgid.sock\nDocumentRoot %s\nAlias /fibosms %s\n<Directory %s>\n'
             '    Options SymLinksIfOwnerMatch\n    AllowOverride All\n'
             '    Require all granted\n</Directory>\n' % (ws.run, ws.www, folder, folder))

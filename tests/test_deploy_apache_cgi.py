@@ -43,11 +43,7 @@ def upload(ws, public_html, owner):
         ws.copy(os.path.join(ws.app, 'receiver.py'), os.path.join(folder, name), 0o644)
     ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
             os.path.join(folder, '.htaccess'), 0o644)
-    ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
-        ("os.path.expanduser('~/fibosms')", repr(ws.app)),
-        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
-        ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
-    ]), mode=0o755)
+    ws.write(os.path.join(folder, 'receiver.cgi'), servers.cgi_script(ws.app, ws.db), mode=0o755)
     for path in (public_html, folder, os.path.join(folder, 'receiver.cgi'), ws.data):
         os.chown(path, owner.pw_uid, owner.pw_gid)
     return folder

@@ -20,14 +20,7 @@ def site():
     try:
         servers.place_decoys(ws.www, ws)
         host = ('<Directory %s>\n    Require all granted\n</Directory>\n' % ws.www)
-        config = servers.snippet('apache-mod_wsgi.conf', servers.tls_replacements(ws) + [
-            ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-            ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
-            ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
-            ('/srv/fibosms/app', ws.app),
-            ('/srv/fibosms/data', ws.data),
-            ('change-me-to-a-long-random-secret', TOKEN),
-        ])
+        config = servers.mod_wsgi_config(ws)
         apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], host + config).start()
         root = 'https://127.0.0.1:%d/' % apache.port
         site = servers.Site(

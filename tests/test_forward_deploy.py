@@ -49,13 +49,7 @@ def site(consumer):
     apache = None
     try:
         host = '<Directory %s>\n    Require all granted\n</Directory>\n' % ws.www
-        config = servers.snippet('apache-mod_wsgi.conf', servers.tls_replacements(ws) + [
-            ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-            ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
-            ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
-            ('/srv/fibosms/app', ws.app),
-            ('/srv/fibosms/data', ws.data),
-            ('change-me-to-a-long-random-secret', TOKEN),
+        config = servers.mod_wsgi_config(ws, [
             ('#SetEnv FIBOSMS_FORWARD_URL https://app.example.com/fibosms/consumer.php',
              'SetEnv FIBOSMS_FORWARD_URL %s' % consumer.url),
             ('#SetEnv FIBOSMS_FORWARD_SECRET whsec_change-me',
@@ -114,10 +108,7 @@ def shared_host(consumer):
     apache = None
     try:
         folder = upload(ws, ws.www, pwd.getpwnam(ws.user))
-        ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
-            ("os.path.expanduser('~/fibosms')", repr(ws.app)),
-            ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
-            ("'change-me-to-a-long-random-secret'", repr(TOKEN)),
+        ws.write(os.path.join(folder, 'receiver.cgi'), servers.cgi_script(ws.app, ws.db, [
             ('FORWARD_URL = None', 'FORWARD_URL = %r' % consumer.url),
             ('FORWARD_SECRET = None', 'FORWARD_SECRET = %r' % SECRET),
         ]), mode=0o755)

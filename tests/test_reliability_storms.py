@@ -224,15 +224,7 @@ def apache_mod_wsgi():
     ws = servers.Workspace('storm-mod_wsgi')
     apache = None
     try:
-        config = servers.snippet('apache-mod_wsgi.conf', servers.tls_replacements(ws) + [
-            ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-            ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
-            ('user=fibosms group=fibosms', 'user=%s group=%s' % (ws.user, ws.group)),
-            ('/srv/fibosms/app', ws.app),
-            ('/srv/fibosms/data', ws.data),
-            ('change-me-to-a-long-random-secret', servers.TOKEN),
-            ('processes=1 threads=5', 'processes=2 threads=5'),
-        ])
+        config = servers.mod_wsgi_config(ws, [('processes=1 threads=5', 'processes=2 threads=5')])
         apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], config).start()
         yield apache_send(apache.port, '/fibosms/' + servers.TOKEN, ws.cert), ws
     finally:
@@ -251,11 +243,8 @@ def apache_cgi():
         folder = ws.folder('www', 'fibosms')
         ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
                 os.path.join(folder, '.htaccess'), 0o644)
-        ws.write(os.path.join(folder, 'receiver.cgi'), servers.snippet('cgi/receiver.cgi', [
-            ("os.path.expanduser('~/fibosms')", repr(ws.app)),
-            ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(ws.db)),
-            ("'change-me-to-a-long-random-secret'", repr(servers.TOKEN)),
-        ]), mode=0o755)
+        ws.write(os.path.join(folder, 'receiver.cgi'), servers.cgi_script(ws.app, ws.db),
+                 mode=0o755)
         host = ('ScriptSock {run}/cgid.sock\nDocumentRoot {www}\n<Directory {www}>\n'
                 '    Options SymLinksIfOwnerMatch\n    AllowOverride All\n'
                 '    Require all granted\n</Directory>\n').format(run=ws.run, www=ws.www)
