@@ -93,12 +93,15 @@ class Forwarder:
     def __repr__(self):     # a traceback or a debugger never shows the secret
         return '<Forwarder>'
 
-    def __call__(self, message):
+    def check(self):
+        """(target, key) of the settings; ConfigurationError for one that cannot work."""
         if self.handler:
             raise ConfigurationError('FIBOSMS_FORWARD_URL and FIBOSMS_HANDLER are both set;'
                                      ' forwarding replaces the hook: unset one')
-        target = Target(self.url)
-        key = secret_key(self.secret) if self.secret else None
+        return Target(self.url), secret_key(self.secret) if self.secret else None
+
+    def __call__(self, message):
+        target, key = self.check()
         body = payload(message)
         msg_id, timestamp = webhook_id(message['guid']), int(time.time())
         headers = {'Content-Type': 'application/json', 'User-Agent': USER_AGENT,

@@ -1,377 +1,297 @@
 #!/usr/bin/env python3
 """The receiving page of FiboSMS "push SMS": one WSGI application, standard library only.
 
-The protocol (FiboSMS's "Quy dinh ket noi push SMS"): when a customer texts the business's
-private number, FiboSMSGateway calls this page with
+FiboSMSGateway calls ``GET <url>?message=<text>&phone=<sender>&guid=<its id>`` and reads the
+page as its answer: <Status>2</Status>, done; <Status>1</Status>, send it again (5 tries at
+most). Every answer is one of the two, text/xml; charset=utf-8, with one of these codes:
 
-    GET <url>?message=<the SMS text>&phone=<the sender>&guid=<the gateway's id of the SMS>
+    200  <Status>2</Status>  stored, now or by an earlier delivery of the guid
+    200  <Status>1</Status>  try again: the database or the hook failed, the hook runs or is
+                             busy, a setting is wrong (the page the gateway's document tells of)
+    400  <Status>1</Status>  malformed, which no retry mends: no guid or phone, a parameter
+                             twice, a value too long, the secret in guid, phone or message
+    403  <Status>1</Status>  a refused caller: a wrong or missing secret, an address not allowed
+    405, 414                 a method but GET and POST; a query string over MAX_INPUT bytes
+    400, 408, 413, 415       a POST body cut short, late, too big, not a form (post.py)
 
-and reads the page's whole content as its answer, one of exactly two documents:
+2 only once the message is committed (storage.py); a retry never stores a second row. A
+caller is trusted for the secret (FIBOSMS_TOKEN, the URL's last path segment or a ``token``
+parameter, checked before anything else it sent) and/or its address (FIBOSMS_ALLOW); with
+neither, only this machine may call. The secret is stored and logged nowhere; a log line is
+a reason, never the secret, a phone or a text. docs/AUDIT.md maps each promise to its lines.
 
-    <Status>2</Status>   done: the message is stored (and processed); never send it again
-    <Status>1</Status>   not done: send it again (the gateway gives up after 5 tries)
-
-Every answer of this page is one of those two, ``text/xml; charset=utf-8``, with these codes:
-
-    200  <Status>2</Status>  stored now, or stored already (a retry of a known guid)
-    400  <Status>1</Status>  malformed: no guid or phone, a parameter twice, a value too long,
-                             a Content-Length that is no number, the secret in guid, phone
-                             or message
-    403  <Status>1</Status>  refused caller: wrong or missing token, address not allowed
-    405  <Status>1</Status>  a method other than GET or POST
-    408  <Status>1</Status>  a POST body not received in time (the server's timeout)
-    413  <Status>1</Status>  a POST body over 16 KiB
-    414  <Status>1</Status>  a query string over 16 KiB
-    415  <Status>1</Status>  a POST body that is not application/x-www-form-urlencoded
-    503  <Status>1</Status>  storage, hook or configuration failure: try again later
-
-2 is answered only after the message is committed to SQLite with synchronous=FULL; a retry
-never stores a second row (see storage.py). POST with a form body is accepted too, the query
-string and the body read together.
-
-Security model: the push carries no signature, so the page trusts a caller for knowing a
-secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter, compared in
-constant time) and/or for its address (FIBOSMS_ALLOW). For a POST the secret must be in the
-path or query string: it is checked before the body is read. Secure by default, each a 503
-with a log line saying what to set: a FIBOSMS_TOKEN set but empty, still an example value of
-deploy/ or README (PLACEHOLDER_TOKENS), or shorter than MIN_TOKEN; and, with neither secret
-nor allowlist, any caller but this machine itself (a loopback address, with no
-X-Forwarded-For, Forwarded or X-Real-IP header: a proxy on this machine passes on callers from
-elsewhere). The secret is never stored:
-another parameter holding it, in its name or value, in any spelling the decoding undoes, is
-dropped from raw_query and extra; a guid, phone or message holding it is refused (400). Nor is
-it logged. Log lines go to ``wsgi.errors`` (the server's error log) and never hold message
-text or the phone.
-
-Settings, each read from the request's WSGI environ (Apache SetEnv), then os.environ, then
-the default; or given to ``make_app(...)``, which beats both:
-
-    FIBOSMS_DB               database file (default ~/.fibosms/messages.sqlite3)
-    FIBOSMS_TOKEN            the shared secret (default: none)
-    FIBOSMS_ALLOW            addresses and networks allowed to call, comma-separated
-    FIBOSMS_TRUSTED_PROXIES  proxies whose X-Forwarded-For is believed, comma-separated
-    FIBOSMS_HANDLER          module:function called with each stored message
-    FIBOSMS_FORWARD_URL      instead of a hook, POST each stored message there (forward.py)
-    FIBOSMS_FORWARD_SECRET   its Standard Webhooks signing secret, whsec_... (never logged)
-    FIBOSMS_JOURNAL          wal or delete (default: wal, delete on a network filesystem)
-
-Run as: a WSGI application (``application``); a CGI script (GATEWAY_INTERFACE is set); or
-``python3 receiver.py [--host 127.0.0.1] [--port 8000] [--db PATH]``, a small threaded server
-fit to face clients itself (smallserver.py, loaded only then).
+Runs as a WSGI application (``application``), a CGI script (`serve_cgi`), or the small
+server: ``python3 receiver.py [--host H] [--port P] [--db PATH]`` (smallserver.py).
 """
 import io
 import os
+import sqlite3
 import sys
+from _operator import _compare_digest as compare_digest  # hmac's own: see check_token
 
-# mod_wsgi and Passenger load this file by its path without putting its folder on sys.path.
+# mod_wsgi and Passenger load this file by its path, without its folder on sys.path, and
+# mod_wsgi under another name: the modules beside it import it as `receiver`, this one.
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+sys.modules.setdefault('receiver', sys.modules[__name__])
 
-import storage  # noqa: E402  (needs the line above)
+import storage  # noqa: E402  (needs the lines above)
 
-# -- Constants --------------------------------------------------------------------------------
+# -- Constants: the answers, the bounds (docs/AUDIT.md lists them with the front ends') ------
 
 DONE = b'<Status>2</Status>'    # no XML declaration, no newline: the gateway's exact format
 RETRY = b'<Status>1</Status>'
 CONTENT_TYPE = 'text/xml; charset=utf-8'
-HTTP_STATUS = {
-    200: '200 OK', 400: '400 Bad Request', 403: '403 Forbidden',
-    405: '405 Method Not Allowed', 408: '408 Request Timeout', 413: '413 Payload Too Large',
-    414: '414 URI Too Long',
-    415: '415 Unsupported Media Type', 503: '503 Service Unavailable',
-}
-ALLOWED_METHODS = 'GET, POST'
-FORM_TYPE = 'application/x-www-form-urlencoded'
-MAX_INPUT = 16 * 1024           # bytes, of the query string and of the body, each
-MAX_GUID = 128                  # characters
-MAX_PHONE = 32                  # characters
-HANDLER_TIMEOUT = 20.0          # seconds a request waits for the hook before answering 1
-MAX_RESOLVED = 16               # sets of settings an app remembers (see make_app)
-MAX_READ_AWAY = 1024 * 1024     # bytes of an unread body a CGI process reads at its end,
-READ_AWAY_SECONDS = 2.0         # for at most this long
-CHARSETS = ('utf-8', 'cp1258', 'latin-1')  # tried in order; latin-1 decodes any bytes
+TRY_AGAIN = 200                 # the HTTP code of <Status>1</Status> where a retry can help
+REASONS = {200: 'OK', 400: 'Bad Request', 403: 'Forbidden', 405: 'Method Not Allowed',
+           408: 'Request Timeout', 413: 'Payload Too Large', 414: 'URI Too Long',
+           415: 'Unsupported Media Type'}
+MAX_INPUT = 16 * 1024           # bytes, of the query string and of a POST body, each
+MAX_GUID, MAX_PHONE = 128, 32   # characters
+HOOK_WAIT = 20.0                # seconds a push waits for its hook, then is answered 1
+CGI_CLAIM = HOOK_WAIT + 10.0    # a CGI hook's claim: its process ends just after the wait
+CHARSETS = ('utf-8', 'cp1258', 'latin-1')   # tried in turn; latin-1 reads any bytes
 HEX = frozenset(b'0123456789abcdefABCDEF')
-PLACEHOLDER_TOKENS = (          # example secrets of deploy/ and README: refused as secrets
-    'change-me-to-a-long-random-secret', 'secret', '<this secret>', 'change-me', 'changeme')
+PLACEHOLDER_TOKENS = ('change-me-to-a-long-random-secret', 'secret', '<this secret>',
+                      'change-me', 'changeme')  # the example secrets of deploy/ and README
 MIN_TOKEN = 12                  # characters of FIBOSMS_TOKEN, at least
 PROXY_HEADERS = ('HTTP_X_FORWARDED_FOR', 'HTTP_FORWARDED', 'HTTP_X_REAL_IP')
-SETTINGS = {                    # make_app() argument -> environment variable
-    'db': 'FIBOSMS_DB', 'token': 'FIBOSMS_TOKEN', 'allow': 'FIBOSMS_ALLOW',
-    'trusted_proxies': 'FIBOSMS_TRUSTED_PROXIES', 'handler': 'FIBOSMS_HANDLER',
-    'journal': 'FIBOSMS_JOURNAL', 'forward_url': 'FIBOSMS_FORWARD_URL',
-    'forward_secret': 'FIBOSMS_FORWARD_SECRET',
-}
+DATA_FOLDER, SETTINGS_FILE = 'fibosms-data', 'settings.env'
+DATABASE_FILE, LOG_FILE = 'messages.sqlite3', 'receiver.log'
 
 
 class Reject(Exception):
-    """A push answered <Status>1</Status>: `code` is the HTTP status, `reason` the log line."""
+    """A push answered <Status>1</Status>: `code` is the HTTP code, `reason` the log line."""
 
-    def __init__(self, code, reason, guid=None):
+    def __init__(self, code, reason):
         Exception.__init__(self, reason)
-        self.code = code
-        self.reason = reason
-        self.guid = guid
+        self.code, self.reason, self.summary, self.guid = code, reason, reason, None
+
+
+class SettingError(Reject):
+    """A setting that cannot work: try again once it is mended. Never quotes a secret."""
+
+    def __init__(self, text):
+        Reject.__init__(self, TRY_AGAIN, 'configuration: ' + text)
 
 
 # -- The application --------------------------------------------------------------------------
 
-def make_app(db=None, token=None, allow=None, handler=None, trusted_proxies=None,
-             journal=None, handler_timeout=HANDLER_TIMEOUT, forward_url=None,
-             forward_secret=None):
-    """A WSGI application. Arguments left None are read per request from the WSGI environ,
-    then os.environ, then defaults. `handler` may be a callable or 'module:function'."""
-    given = {'db': db, 'token': token, 'allow': allow, 'handler': handler,
-             'trusted_proxies': trusted_proxies, 'journal': journal,
-             'forward_url': forward_url, 'forward_secret': forward_secret}
-    connections = storage.Connections()
-    # Settings resolved once per distinct set of FIBOSMS_* values in the WSGI environ (a
-    # server has one, or one per Apache SetEnv block): os.environ is read then, not per push.
-    resolved = {}
+def make_app(config=None, **given):
+    """The WSGI application: `config` names the settings file; keywords (db, token, allow,
+    handler, forward_url...) are settings that beat every other source."""
+    given = dict(('FIBOSMS_' + k.upper(), v) for k, v in dict(given, config=config).items()
+                 if v is not None)
+    kept = []   # a long-running server's kept connection (connections.py), from its first push
 
-    def app(environ, start_response):
-        guid = None
+    def application(environ, start_response):
+        place, guid = config_path(environ, given), None
         try:
-            key = tuple(environ.get(variable) for variable in SETTINGS.values())
-            config = resolved.get(key)
-            if config is None:
-                if len(resolved) >= MAX_RESOLVED:
-                    resolved.clear()
-                config = resolved[key] = settings(environ, given)
-            push = read_push(environ, config)
+            settings = read_settings(environ, given, place)
+            push = read_push(environ, settings)
             guid = push['guid']
-            store_and_process(push, config, environ, connections, handler_timeout)
-        except Reject as exc:
-            log(environ, '%d %s%s' % (exc.code, exc.reason, guid_note(exc.guid or guid)))
-            return status_response(start_response, exc.code)
-        except Exception:
-            # A bug or an unforeseen failure: the traceback to the error log, never to the
-            # caller, and <Status>1</Status> so that the gateway sends the message again.
-            import traceback
-            log(environ, '503 unexpected error%s\n%s' % (guid_note(guid),
-                                                         traceback.format_exc().rstrip()))
-            return status_response(start_response, 503)
-        return status_response(start_response, 200)
+            store(push, settings, environ, kept)
+        except Exception as exc:    # a Reject, or a bug: <Status>1</Status> all the same
+            rejected = isinstance(exc, Reject)
+            try:
+                import ownerlog     # the reason to the owner's log, a bug's traceback too
+                ownerlog.answered(environ, place, exc, (exc.guid or guid) if rejected else guid)
+            except ImportError:     # not uploaded: the reason to the server's log alone
+                environ['wsgi.errors'].write('fibosms-receiver: %s (and ownerlog.py is missing)'
+                                             '\n' % getattr(exc, 'reason', 'unexpected error'))
+            return answer(start_response, exc.code if rejected else TRY_AGAIN, RETRY)
+        return answer(start_response, 200, DONE)
 
-    return app
+    return application
 
 
-def status_response(start_response, code):
-    """Start the response for HTTP `code`; 200 carries <Status>2</Status>, all others 1."""
-    body = DONE if code == 200 else RETRY
-    headers = [('Content-Type', CONTENT_TYPE), ('Content-Length', str(len(body))),
-               ('Cache-Control', 'no-store')]
-    if code == 405:
-        headers.append(('Allow', ALLOWED_METHODS))
-    start_response(HTTP_STATUS[code], headers)
+def answer(start_response, code, body):
+    start_response('%d %s' % (code, REASONS[code]), [
+        ('Content-Type', CONTENT_TYPE), ('Content-Length', str(len(body))),
+        ('Cache-Control', 'no-store')] + ([('Allow', 'GET, POST')] if code == 405 else []))
     return [body]
 
 
-def log(environ, text):
-    """One line to the server's error log."""
-    errors = environ.get('wsgi.errors') or sys.stderr
-    errors.write('fibosms-receiver: %s\n' % text)
-    errors.flush()
+# -- Settings ---------------------------------------------------------------------------------
+
+def read_settings(environ=None, given=None, place=None):
+    """Every FIBOSMS_* setting from the first source that has it: `given` (make_app's), the
+    settings file, the WSGI environ (SetEnv), os.environ. Read at every push."""
+    path, named = place or config_path(environ, given)
+    settings = {}
+    for values in (os.environ, environ or {}, read_settings_file(path, named)[0], given or {}):
+        settings.update((k, v) for k, v in values.items() if k.startswith('FIBOSMS_'))
+    settings['FIBOSMS_CONFIG'] = path
+    settings['FIBOSMS_DB'] = os.path.abspath(
+        settings.get('FIBOSMS_DB') or os.path.join(os.path.dirname(path), DATABASE_FILE))
+    return settings
 
 
-def guid_note(guid):
-    return '' if guid is None else ' (guid %r)' % guid
+def config_path(environ=None, given=None):
+    """(the settings file FIBOSMS_CONFIG names, True), else (settings.env in ~/fibosms-data, or
+    in ~/.fibosms where only that holds a database, as before the settings file, False)."""
+    named = next((layer['FIBOSMS_CONFIG'] for layer in (given or {}, environ or {}, os.environ)
+                  if layer.get('FIBOSMS_CONFIG')), None)
+    if named:
+        return os.path.abspath(os.path.expanduser(named)), True
+    home = os.path.expanduser('~')
+    old = os.path.join(home, '.fibosms')
+    folder = old if (not os.path.lexists(os.path.join(home, DATA_FOLDER)) and os.path.lexists(
+        os.path.join(old, DATABASE_FILE))) else os.path.join(home, DATA_FOLDER)
+    return os.path.join(folder, SETTINGS_FILE), False
 
 
-def settings(environ, given):
-    """Each setting: make_app's argument, else the WSGI environ, else os.environ, else None."""
-    config = {}
-    for name, variable in SETTINGS.items():
-        value = given[name]
-        if value is None:
-            value = environ.get(variable) or os.environ.get(variable) or None
-        config[name] = value
-    if config['token'] is None and given['token'] is None:
-        # Set but empty is not "no token": an empty line in a settings file would turn the
-        # check off without a word. Keep the '' so that check_settings refuses it.
-        config['token'] = environ.get('FIBOSMS_TOKEN', os.environ.get('FIBOSMS_TOKEN'))
-    if config['db'] is None:
-        config['db'] = storage.default_path()
-    for name in ('allow', 'trusted_proxies'):   # parsed here: once per set of settings
-        if config[name]:
-            config[name] = parse_networks(config[name])
-    return config
+def read_settings_file(path, named):
+    """({name: value}, [(line number, problem)]): FIBOSMS_NAME=value lines, as systemd's
+    EnvironmentFile takes them. It holds the secret: it must be private, as the database."""
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), 'rb') as f:
+            problem = (storage.folders_problem(os.path.dirname(path))
+                       or storage.place_problem(path, 'settings file'))
+            text = f.read(64 * 1024).decode('utf-8')
+    except (FileNotFoundError, NotADirectoryError):
+        if named:
+            raise SettingError('the settings file %s (FIBOSMS_CONFIG) does not exist' % path)
+        return {}, []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingError('the settings file %s cannot be read: %s' % (path, getattr(
+            exc, 'strerror', None) or 'it is not UTF-8 text'))
+    if problem:
+        raise SettingError(problem)
+    values, problems = {}, []
+    for number, line in enumerate(text.lstrip('\ufeff').splitlines(), 1):
+        name, sep, value = (part.strip() for part in line.partition('='))
+        if not name or name.startswith(('#', ';')):
+            continue
+        if sep and name.startswith('FIBOSMS_') and name[8:].replace('_', '').isalnum():
+            quoted = len(value) > 1 and value[0] == value[-1] and value[0] in '"\''
+            values[name] = value[1:-1] if quoted else value
+        else:
+            problems.append((number, 'not FIBOSMS_NAME=value: ignored'))
+    return values, problems
 
 
-def check_settings(config, environ, remote):
-    """Reject(503) for a setting that would leave the page open: a secret that is set but
-    empty or still the shipped placeholder, or, with neither secret nor allowlist, a caller
-    that is not this machine itself."""
-    token = config['token']
-    if isinstance(token, bytes):
-        token = token.decode('utf-8', 'replace')
-    if token is not None and not token.strip():
-        raise Reject(503, 'configuration: FIBOSMS_TOKEN is set but empty; set it to a long'
-                          ' random secret, or unset it')
-    if token is not None and token.strip().lower() in PLACEHOLDER_TOKENS:
-        raise Reject(503, 'configuration: FIBOSMS_TOKEN is still the example value; set it'
-                          ' to a long random secret')
-    if token is not None and len(token) < MIN_TOKEN:
-        # A short one is guessed, and turns up in real messages and phone numbers too, whose
-        # pushes are then refused as holding it (see drop_secret_copies).
-        raise Reject(503, 'configuration: FIBOSMS_TOKEN is shorter than %d characters; set'
-                          ' it to a long random secret' % MIN_TOKEN)
-    if token is None and not config['allow'] and not local_caller(environ, remote):
-        raise Reject(503, 'configuration: neither FIBOSMS_TOKEN nor FIBOSMS_ALLOW is set, so'
-                          ' only this machine may call; set FIBOSMS_TOKEN')
+def check_settings(settings):
+    """The secret, or None; SettingError for one that leaves the page open: empty, an example
+    value, or short (guessed; and found in real messages, which are then refused)."""
+    token = settings.get('FIBOSMS_TOKEN')
+    token = token.decode('utf-8') if isinstance(token, bytes) else token  # make_app(token=b'')
+    text = (token or '').strip()
+    for wrong, says in ((not text, 'is set but empty'), (text.lower() in PLACEHOLDER_TOKENS,
+                        'is still the example value'), (len(token or '') < MIN_TOKEN,
+                        'is shorter than %d characters' % MIN_TOKEN)):
+        if token is not None and wrong:
+            raise SettingError('FIBOSMS_TOKEN %s; set it to a long random secret' % says)
+    return token
 
 
 def local_caller(environ, remote):
-    """Whether the caller is this machine itself: a loopback address, and no proxy's header
-    saying the request came from somewhere else."""
-    if any(environ.get(name) for name in PROXY_HEADERS):
-        return False
-    # Without ipaddress, which a CGI push would pay for: 127.0.0.0/8, ::1, ::ffff:127.x.y.z.
-    address = remote.lower()
-    if address.startswith('::ffff:'):
-        address = address[7:]
+    """Whether the caller is this machine: 127.0.0.0/8, ::1, ::ffff:127.x.y.z (ipaddress costs
+    1.5 ms of a CGI push), and no proxy's header saying that it came from elsewhere."""
+    address = remote.lower()[7:] if remote.lower().startswith('::ffff:') else remote
     parts = address.split('.')
-    return address == '::1' or (len(parts) == 4 and parts[0] == '127'
-                                and all(p.isdigit() and int(p) < 256 for p in parts))
+    return not any(environ.get(name) for name in PROXY_HEADERS) and (address == '::1' or (
+        len(parts) == 4 and parts[0] == '127' and all(p.isdigit() and int(p) < 256
+                                                      for p in parts)))
 
 
-# -- Reading a push ---------------------------------------------------------------------------
+def check_token(environ, pieces, token):
+    """Reject(403) unless the secret is the URL's last path segment or a ``token`` parameter,
+    its bytes (escapes undone) compared in constant time by hmac.compare_digest's function
+    (Lib/hmac.py): importing hmac loads OpenSSL, 2 ms of CPU a CGI push (docs/AUDIT.md)."""
+    if token is not None:
+        path = environ.get('PATH_INFO', '').encode('latin-1')   # PEP 3333: bytes as latin-1
+        offered = [path.rstrip(b'/').rpartition(b'/')[2]] + [
+            as_bytes(value) for _, name, value in pieces if as_bytes(name) == b'token']
+        if not any([compare_digest(token.encode('utf-8'), each) for each in offered]):
+            raise Reject(403, 'wrong or missing token')
 
-def read_push(environ, config):
-    """Check the request and the caller; return the push as a dict of storage columns."""
+
+# -- Reading the push -------------------------------------------------------------------------
+
+def read_push(environ, settings):
+    """The push as a dict of storage's columns, once the caller is let in; else Reject."""
+    remote, token = environ.get('REMOTE_ADDR', ''), check_settings(settings)
+    if settings.get('FIBOSMS_ALLOW') or settings.get('FIBOSMS_TRUSTED_PROXIES'):
+        import addresses    # who may call by address, where that is set
+        remote = addresses.check(environ, settings)
+    if token is None and not settings.get('FIBOSMS_ALLOW') and not local_caller(environ,
+                                                                                remote):
+        raise SettingError('neither FIBOSMS_TOKEN nor FIBOSMS_ALLOW is set, so only this'
+                           ' machine may call; set FIBOSMS_TOKEN')
+    environ['fibosms.client_address'] = remote      # for the small server's request log
+    query = environ.get('QUERY_STRING', '').encode('latin-1')  # PEP 3333: bytes as latin-1
+    if len(query) > MAX_INPUT:
+        raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))
+    pieces = pieces_of(query)
+    check_token(environ, pieces, token)     # before anything else the caller sent is judged
     method = environ.get('REQUEST_METHOD', 'GET')
     if method not in ('GET', 'POST'):
         raise Reject(405, 'method %r not allowed' % method[:20])
-    remote = client_address(environ, config['trusted_proxies'])
-    check_settings(config, environ, remote)
-    if config['allow'] and not address_allowed(remote, config['allow']):
-        raise Reject(403, 'address %r not allowed' % remote[:60])
-    query = environ.get('QUERY_STRING', '').encode('latin-1')   # PEP 3333: bytes as latin-1
-    if len(query) > MAX_INPUT:
-        raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))
-    raw = query.split(b'&') if query else []
     if method == 'POST':
-        # The secret is looked for in the path and query string before the body is read: a
-        # caller without it cannot hold a thread by sending a body slowly.
-        charset, params, _ = decode_params(raw)
-        check_token(environ, params, config['token'], charset)
-        body = read_body(environ)
-        raw += body.split(b'&') if body else []
-    charset, params, kept = decode_params(raw)
-    guid = params.get('guid', '').strip()[:MAX_GUID] or None
-    token = config['token']
-    if isinstance(token, bytes):   # make_app(token=b'...')
-        token = token.decode('utf-8')
-    if guid and token and holds_secret(guid, token, charset):
-        guid = None   # not for the log line either
+        import post     # the gateway's pushes are GET: a POST's body is read by post.py
+        pieces += pieces_of(post.read_body(environ, MAX_INPUT))
+    charset, decoded = decode(pieces)
+    params, kept, seen = {}, [], set()
+    for piece, name, value in decoded:
+        if name in seen:
+            raise Reject(400, 'parameter %r given twice' % name[:40])
+        seen.add(name)
+        if token and any(holds_secret(text, charset, token) for text in (name, value)):
+            if name in ('guid', 'phone', 'message'):
+                raise Reject(400, 'parameter %r holds the secret' % name)
+        elif name != 'token':   # the secret and its copies are stored nowhere
+            params[name] = value
+            kept.append(piece)
+    guid = params.get('guid', '').strip()[:MAX_GUID] or None    # for the log line
     try:
-        check_token(environ, params, config['token'], charset)
-        if token:
-            kept = drop_secret_copies(params, kept, token, charset)
         push = parse_push(params)
     except Reject as exc:
-        exc.guid = guid  # for the log line
+        exc.guid = guid
         raise
     push.update(charset=charset, remote_addr=remote or None,
-                raw_query=b'&'.join(piece for piece, _, _ in kept).decode('latin-1'))
+                raw_query=b'&'.join(kept).decode('latin-1'))
     return push
 
 
-def read_body(environ):
-    """The POST body, at most MAX_INPUT bytes, which must be a form (or empty)."""
-    length = environ.get('CONTENT_LENGTH', '').strip()
-    stream = environ['wsgi.input']
-    if length:
-        size = content_length(length)
-        if size is None:
-            raise Reject(400, 'Content-Length %r is not a number' % length[:20])
-        if size > MAX_INPUT:
-            raise Reject(413, 'body of %d bytes is over %d' % (size, MAX_INPUT))
-        body = read_input(stream, size) if size else b''
-        if len(body) < size:
-            raise Reject(400, 'body ended after %d of %d bytes' % (len(body), size))
-    elif environ.get('wsgi.input_terminated'):  # chunked: the server marks where it ends
-        body = read_input(stream, MAX_INPUT + 1)
-        if len(body) > MAX_INPUT:
-            raise Reject(413, 'body is over %d bytes' % MAX_INPUT)
-    else:
-        return b''
-    kind = environ.get('CONTENT_TYPE', '').split(';')[0].strip().lower()
-    if body and kind not in ('', FORM_TYPE):
-        raise Reject(415, 'body of type %r is not a form' % kind[:40])
-    return body
+def pieces_of(raw):
+    """The ``(piece, name, value)`` of a query string or form, form encoding undone."""
+    return [(piece, unescape(piece.partition(b'=')[0]), unescape(piece.partition(b'=')[2]))
+            for piece in raw.split(b'&') if piece]
 
 
-def content_length(text):
-    """CONTENT_LENGTH as an int, or None unless it is ASCII digits (str.isdecimal() and int()
-    take '١٦' too), and few of them: int() refuses over 4300 digits since Python 3.11
-    (CVE-2020-10735)."""
-    text = text.strip()
-    if not text or text.strip('0123456789') or len(text) > 18:
-        return None
-    return int(text)
-
-
-def read_input(stream, size):
-    """Read the body; a client too slow (the server's timeout) or gone is refused."""
-    try:
-        return stream.read(size)
-    except OSError as exc:   # socket.timeout is one; mod_wsgi raises OSError on a broken read
-        timed_out = 'timeout' in type(exc).__name__.lower()
-        raise Reject(408 if timed_out else 400, 'body not received: %s' % type(exc).__name__)
-
-
-def decode_params(raw):
-    """Decode raw ``name=value`` pieces; return ``(charset, {name: value}, kept_pieces)``.
-
-    ``+`` and percent-escapes become bytes, ``%uXXXX`` (legacy .NET encoders) its code point;
-    the bytes are read as UTF-8, else Windows-1258 (Vietnamese), else Latin-1, the same for
-    the whole push, so a push is never refused for its encoding nor gets U+FFFD put in.
-    `kept_pieces` are ``(raw piece, name, value)`` without the token, for the raw_query column.
-    """
-    pieces = []
-    for piece in raw:
-        if piece:
-            name, _, value = piece.partition(b'=')
-            pieces.append((piece, unescape(name), unescape(value)))
+def decode(pieces):
+    """``(charset, pieces)`` read as UTF-8, else Windows-1258 (Vietnamese), else Latin-1, one
+    charset for the whole push: no push is refused for its encoding nor given U+FFFD."""
     for charset in CHARSETS:
         try:
-            decoded = [(piece, join_parts(n, charset), join_parts(v, charset))
-                       for piece, n, v in pieces]
-            break
+            return charset, [(piece, join_parts(n, charset), join_parts(v, charset))
+                             for piece, n, v in pieces]
         except UnicodeDecodeError:
             continue
-    params, kept = {}, []
-    for piece, name, value in decoded:
-        if name in params:
-            raise Reject(400, 'parameter %r given twice' % name[:40])
-        params[name] = value
-        if name != 'token':
-            kept.append((piece, name, value))
-    return charset, params, kept
 
 
 def unescape(raw):
-    """Undo form encoding of `raw` bytes: a list of bytes (to decode) and str (from %uXXXX)."""
+    """``+`` and %XX give bytes (read by `decode`), %uXXXX (legacy .NET encoders) a
+    character: a list of bytes and str parts."""
     raw = raw.replace(b'+', b' ')
     if b'%' not in raw:
         return [raw]
     chunks = raw.split(b'%')
-    parts, buf = [], bytearray(chunks[0])
-    i = 1
+    parts, buf, i = [], bytearray(chunks[0]), 1
     while i < len(chunks):
-        chunk = chunks[i]
-        code = chunk[1:5]
+        chunk, code = chunks[i], chunks[i][1:5]
         if chunk[:1] in (b'u', b'U') and len(code) == 4 and HEX.issuperset(code):
             point, rest = int(code, 16), chunk[5:]
             if 0xD800 <= point < 0xDC00 and i + 1 < len(chunks) and not rest:
-                low = chunks[i + 1][1:5]  # a UTF-16 surrogate pair spans two escapes
+                low = chunks[i + 1][1:5]    # a UTF-16 surrogate pair spans two escapes
                 if (chunks[i + 1][:1] in (b'u', b'U') and len(low) == 4
                         and HEX.issuperset(low) and 0xDC00 <= int(low, 16) < 0xE000):
                     point = 0x10000 + ((point - 0xD800) << 10) + (int(low, 16) - 0xDC00)
                     i += 1
                     rest = chunks[i][5:]
-            if 0xD800 <= point < 0xE000:   # a lone surrogate is no character: keep the text
+            if 0xD800 <= point < 0xE000:    # a lone surrogate is no character: kept as sent
                 buf += b'%' + chunk
             else:
                 parts += [bytes(buf), chr(point)]
@@ -382,28 +302,35 @@ def unescape(raw):
         else:                               # a lone '%' stays as it is
             buf += b'%' + chunk
         i += 1
-    parts.append(bytes(buf))
-    return parts
+    return parts + [bytes(buf)]
 
 
-def join_parts(parts, charset):
+def join_parts(parts, charset):     # str of unescape's parts, their bytes read as `charset`
     return ''.join(p if isinstance(p, str) else p.decode(charset) for p in parts)
+
+
+def as_bytes(parts):                # bytes of unescape's parts, characters as UTF-8
+    return b''.join(p if isinstance(p, bytes) else p.encode('utf-8') for p in parts)
+
+
+def holds_secret(text, charset, secret):
+    """Whether `text` (read as `charset`) holds `secret`, its bytes read in any of CHARSETS."""
+    if secret in text:
+        return True
+    sent = text.encode(charset, 'replace')
+    return max(secret) >= '\x80' and any(secret in sent.decode(other, 'replace')
+                                          for other in CHARSETS)
 
 
 def parse_push(params):
     """The push's columns from its decoded parameters; Reject(400) if it is malformed."""
-    guid = params.pop('guid', '').strip()
-    phone = params.pop('phone', '').strip()
+    guid, phone = params.pop('guid', '').strip(), params.pop('phone', '').strip()
     message = params.pop('message', '')
-    params.pop('token', None)
-    if not guid:
-        raise Reject(400, 'guid missing or empty')
-    if len(guid) > MAX_GUID:
-        raise Reject(400, 'guid of %d characters is over %d' % (len(guid), MAX_GUID))
-    if not phone:
-        raise Reject(400, 'phone missing or empty')
-    if len(phone) > MAX_PHONE:
-        raise Reject(400, 'phone of %d characters is over %d' % (len(phone), MAX_PHONE))
+    for name, value, most in (('guid', guid, MAX_GUID), ('phone', phone, MAX_PHONE)):
+        if not value:
+            raise Reject(400, '%s missing or empty' % name)
+        if len(value) > most:
+            raise Reject(400, '%s of %d characters is over %d' % (name, len(value), most))
     extra = '{}'
     if params:  # parameters the gateway may add: kept, never dropped
         import json
@@ -413,330 +340,111 @@ def parse_push(params):
 
 
 def normalise_phone(phone):
-    """International digits: '0912 345 678', '+84912345678', '84912345678' -> '84912345678'.
-
-    A leading 0 is Vietnam's trunk prefix (country code 84); '+' or '00' starts an
-    international number. None when there are no digits (a sender name, say).
-    """
+    """'0912 345 678', '+84912345678' -> '84912345678': a leading 0 is Vietnam's trunk prefix
+    (84), '+' or '00' starts another country's number; None without digits."""
     digits = ''.join(c for c in phone if c in '0123456789')
-    if not digits:
-        return None
-    if phone.startswith('+'):
-        return digits
+    if not digits or phone.startswith('+'):
+        return digits or None
     if digits.startswith('00'):
         return digits[2:]
-    if digits.startswith('0'):
-        return '84' + digits[1:]
-    return digits
+    return '84' + digits[1:] if digits.startswith('0') else digits
 
 
-# -- Who may call -----------------------------------------------------------------------------
+# -- Storing, then the hook -------------------------------------------------------------------
 
-def check_token(environ, params, token, charset='utf-8'):
-    """Reject(403) unless the secret is the URL's last path segment or the token parameter."""
-    if not token:
-        return
-    # Constant time, as hmac.compare_digest: the very function hmac falls back to without
-    # OpenSSL (Lib/hmac.py), here without hmac's import of OpenSSL, 3 ms of every CGI push.
-    try:
-        from _operator import _compare_digest as compare_digest
-    except ImportError:  # not CPython
-        from hmac import compare_digest
-    secret = token.encode('utf-8') if isinstance(token, str) else token
-    path = environ.get('PATH_INFO', '').encode('latin-1')  # PEP 3333: bytes as latin-1
-    offered = [path.rstrip(b'/').rpartition(b'/')[2]]
-    if 'token' in params:
-        offered.append(params['token'].encode('utf-8'))
-        # A message that is not UTF-8 makes the whole push read as `charset`, the token too:
-        # encoded back, it is the very bytes the gateway sent, which a UTF-8 secret must match.
+def store(push, settings, environ, kept):
+    """Commit the push, then run its hook (hooks.py, loaded only after the commit: nothing a
+    hook needs keeps a push from being stored); return only when the answer is 2."""
+    path, journal = settings['FIBOSMS_DB'], settings.get('FIBOSMS_JOURNAL')
+    hooked = bool(settings.get('FIBOSMS_HANDLER') or settings.get('FIBOSMS_FORWARD_URL'))
+    ends = environ.get('fibosms.ends')      # serve_cgi's: the process ends after this push
+    if not ends and not kept:
         try:
-            offered.append(params['token'].encode(charset))
-        except UnicodeEncodeError:  # a %uXXXX escape outside that charset: not the secret
-            pass
-    # compare_digest takes time independent of where the bytes differ.
-    if not any(compare_digest(secret, candidate) for candidate in offered):
-        raise Reject(403, 'wrong or missing token')
+            import connections
+            kept.append(connections.Kept())
+        except ImportError:     # not uploaded: a connection a push, closed (3 fsyncs)
+            kept.append(None)
 
-
-def drop_secret_copies(params, kept, token, charset):
-    """The kept pieces without any that holds the secret, in its name or value, in any
-    spelling the decoding undoes (``&TOKEN=SECRET``, ``&t%6Fken+=SECRET``, ``%uXXXX``...);
-    they leave `params` too. Reject(400) if guid, phone or message holds it: the secret is
-    never stored."""
-    clean = []
-    for piece, name, value in kept:
-        if not any(holds_secret(text, token, charset) for text in (name, value)):
-            clean.append((piece, name, value))
-        elif name in ('guid', 'phone', 'message'):
-            raise Reject(400, 'parameter %r holds the secret' % name)
+    def use():
+        return storage.Once(path, journal, close=not ends) if ends or not kept[0] else (
+            kept[0].use(path, journal))
+    claim = CGI_CLAIM if ends else storage.CLAIM_SECONDS
+    try:
+        with use() as conn:
+            action, first = storage.deliver(conn, push, claim if hooked else None)
+    except (storage.StorageError, sqlite3.Error, OSError) as exc:
+        import ownerlog     # what the filesystem says, for the owner
+        raise Reject(TRY_AGAIN, 'storage failed: %s: %s%s' % (
+            type(exc).__name__, exc, ownerlog.diagnose(path)))
+    if first and (first['phone'], first['message']) != (push['phone'], push['message']):
+        import ownerlog
+        ownerlog.log(environ, settings['FIBOSMS_CONFIG'], 'warning: guid %r delivered again'
+                     ' with another phone or message; the first one is kept' % push['guid'])
+    if action != 'done':
+        try:
+            import hooks    # only now, after the commit
+        except ImportError:     # the message is stored all the same, and marked so
+            failure = 'hook not started: hooks.py is not beside receiver.py: upload it'
+            with use() as conn, storage.Transaction(conn):
+                storage.record(conn, push['guid'], failure, ran=False)
         else:
-            params.pop(name, None)
-    return clean
-
-
-def holds_secret(text, secret, charset):
-    """Whether decoded `text` holds the `secret` (str), its bytes read in any of CHARSETS."""
-    if secret in text:
-        return True
-    if max(secret) < '\x80':   # ASCII reads the same in every one of CHARSETS: looked for
-        return False
-    sent = text.encode(charset, 'replace')     # the bytes as the gateway sent them
-    return any(secret in sent.decode(other, 'replace') for other in CHARSETS)
-
-
-def client_address(environ, trusted_proxies):
-    """REMOTE_ADDR, or, when that is a trusted proxy, the nearest untrusted X-Forwarded-For
-    address (the ones further left were written by the client and prove nothing)."""
-    remote = environ.get('REMOTE_ADDR', '')
-    if not trusted_proxies or not address_allowed(remote, trusted_proxies):
-        return remote
-    forwarded = environ.get('HTTP_X_FORWARDED_FOR', '')
-    for hop in reversed([h.strip() for h in forwarded.split(',') if h.strip()]):
-        if not address_allowed(hop, trusted_proxies):
-            return hop
-        remote = hop
-    return remote
-
-
-def address_allowed(address, networks):
-    """Whether `address` is in `networks` (ip_network objects, from parse_networks)."""
-    import ipaddress
-    try:
-        ip = ipaddress.ip_address(address.split('%')[0])  # drop an IPv6 zone: fe80::1%eth0
-    except ValueError:
-        return False
-    if getattr(ip, 'ipv4_mapped', None):  # ::ffff:192.0.2.1 from a dual-stack socket
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
-
-
-def parse_networks(networks):
-    """'192.0.2.1, 2001:db8::/32' (or a list of such) -> a tuple of ip_network objects;
-    Reject(503) for a bad entry."""
-    import ipaddress
-    text = networks if isinstance(networks, str) else ','.join(networks)
-    parsed = []
-    for entry in text.split(','):
-        if entry.strip():
-            try:
-                parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                raise Reject(503, 'configuration: %r is not an address or network'
-                             % entry.strip()[:60])
-    return tuple(parsed)
-
-
-# -- Storing and processing -------------------------------------------------------------------
-
-def store_and_process(push, config, environ, connections, handler_timeout):
-    """Store the push durably and run the hook; return normally only when the answer is 2."""
-    handler = storage.choose_hook(config['handler'], config['forward_url'],
-                                  config['forward_secret'])
-    # A server whose threads live on keeps each thread's connection open; a CGI process
-    # (wsgi.run_once, PEP 3333) serves one request, so it opens and closes one.
-    keep = not environ.get('wsgi.run_once')
-    try:
-        with connections.use(config['db'], config['journal'], keep) as conn:
-            action, first = storage.deliver(
-                conn, push, storage.CLAIM_SECONDS if handler else None)
-    except (storage.StorageError, storage.sqlite3.Error, OSError) as exc:
-        raise Reject(503, 'storage failed: %s: %s%s' % (type(exc).__name__, exc,
-                                                         storage.diagnose(config['db'])))
-    if first and (first['phone'] != push['phone'] or first['message'] != push['message']):
-        log(environ, 'warning: guid %r delivered again with a different phone or message;'
-                     ' the first one is kept' % push['guid'])
-    if action == 'busy':
-        raise Reject(503, 'hook already running for this guid')
-    if action == 'run':
-        def connect():
-            return storage.connect(config['db'], config['journal'])
-        run_handler(handler, push['guid'], connect, handler_timeout)
-
-
-def run_handler(handler, guid, connect, timeout):
-    """Run the hook in a thread of its own and wait at most `timeout` seconds for it.
-
-    A hook that hangs keeps its claim (so it is not run twice at once); if it never ends, the
-    claim expires after storage.CLAIM_SECONDS and a later delivery runs it again.
-    """
-    import threading
-    outcome = []
-
-    def work():
-        try:
-            outcome.append(storage.process(connect, guid, handler))
-        except Exception as exc:  # the database failed around the hook
-            outcome.append('storage failed around it: %s' % type(exc).__name__)
-
-    thread = threading.Thread(target=work, name='fibosms-hook', daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise Reject(503, 'hook still running after %g s' % timeout)
-    if outcome[0] is not None:
-        raise Reject(503, 'hook failed: %s' % outcome[0])
+            failure = hooks.after(action, use, push['guid'], settings, HOOK_WAIT)
+        if failure:
+            raise Reject(TRY_AGAIN, failure)
 
 
 application = make_app()
 
 
-# -- Entry points: CGI and the small server ---------------------------------------------------
+# -- CGI --------------------------------------------------------------------------------------
 
-# The CGI variables that carry the request's own bytes: the ones wsgiref.handlers transcodes.
+# The CGI variables that carry the request's bytes (and their REDIRECT_ copies): latin-1 text
+# of them in the environ (PEP 3333); the others stay as Python read them (a file name, say).
 CGI_REQUEST_VARIABLES = frozenset((
     'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'REQUEST_METHOD', 'AUTH_TYPE',
     'CONTENT_TYPE', 'CONTENT_LENGTH', 'HTTPS', 'REMOTE_USER', 'REMOTE_IDENT'))
 
 
 def serve_cgi(app=application):
-    """Serve the one request of a CGI process (the web server set GATEWAY_INTERFACE).
-
-    The gateway of PEP 3333's own example (run_with_cgi), rather than
-    wsgiref.handlers.CGIHandler, whose import of `re` costs some 3 ms of every push;
-    tests/test_cgi_gateway.py holds the two to the same bytes out. Two differences: should
-    `app` raise before it answers, the answer is 503 <Status>1</Status>, not an HTML 500;
-    and what `app` left unread of the body is read at the end (`read_away`).
-    """
-    environ = cgi_environ()
-    # Python sets sys.stdin to None when file descriptor 0 is closed: no body then.
-    stdin = CountedInput(sys.stdin.buffer.raw if sys.stdin is not None else io.BytesIO())
-    environ.update({
-        'wsgi.input': io.BufferedReader(stdin), 'wsgi.errors': sys.stderr,
-        'wsgi.version': (1, 0), 'wsgi.multithread': False, 'wsgi.multiprocess': True,
-        'wsgi.run_once': True,
-        'wsgi.url_scheme': 'https' if environ.get('HTTPS') in ('yes', 'on', '1') else 'http'})
-    out = sys.stdout.buffer
-    headers_set, headers_sent = [], []
-
-    def write(data):
-        if not headers_sent:   # the headers go out before the first bytes of the body
-            status, headers = headers_sent[:] = headers_set
-            out.write(''.join(['Status: %s\r\n' % status] + ['%s: %s\r\n' % header
-                                                               for header in headers]
-                              + ['\r\n']).encode('latin-1'))
-        out.write(data)
-        out.flush()
-
-    def start_response(status, headers, exc_info=None):
-        if exc_info and headers_sent:
-            raise exc_info[1].with_traceback(exc_info[2])
-        headers_set[:] = [status, headers]
-        return write
-
-    try:
-        result = app(environ, start_response)
-        try:
-            for data in result:
-                if data:
-                    write(data)
-            if not headers_sent:
-                write(b'')
-        finally:
-            if hasattr(result, 'close'):
-                result.close()
-    except Exception:
-        import traceback
-        log(environ, '503 unexpected error in the CGI gateway\n%s'
-            % traceback.format_exc().rstrip())
-        if not headers_sent:
-            status_response(start_response, 503)
-            write(RETRY)
-    read_away(stdin, environ)
-
-
-class CountedInput(io.RawIOBase):
-    """The CGI process's stdin, counting the bytes taken from it."""
-
-    def __init__(self, raw):
-        self.raw, self.taken = raw, 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        count = self.raw.readinto(buffer)
-        self.taken += count or 0
-        return count
-
-
-def read_away(stdin, environ):
-    """Read what the application left of the request body: the rest of CONTENT_LENGTH, or
-    of a chunked body (Apache passes it on without one) up to its end; at most MAX_READ_AWAY
-    bytes, for at most READ_AWAY_SECONDS. A CGI script that exits with its input unread has
-    Apache's mod_cgid lose its answer: the socket between them is reset (AH00574), and the
-    client gets none. The bounds free the process from a client that sends slowly or never
-    (Apache itself still waits for the body, within its own timeouts)."""
-    length = content_length(environ.get('CONTENT_LENGTH', ''))
-    if length is None and environ.get('HTTP_TRANSFER_ENCODING'):
-        length = stdin.taken + MAX_READ_AWAY
-    left = min((length or 0) - stdin.taken, MAX_READ_AWAY)
-    if left <= 0:
-        return
-    import select
-    import time
-    deadline = time.monotonic() + READ_AWAY_SECONDS
-    try:
-        while left > 0:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([stdin.raw], [], [], wait)[0]:
-                break
-            chunk = stdin.raw.read(min(left, 65536))
-            if not chunk:
-                break
-            left -= len(chunk)
-    except OSError:  # the server closed it, or there is no stdin: nothing left to lose
-        pass
-
-
-def cgi_environ():
-    """os.environ as a WSGI environ: the request's variables carry its bytes as latin-1 text
-    (PEP 3333, "Unicode Issues"), the others stay as Python read them (a file name in
-    FIBOSMS_DB, say); the same choice as wsgiref.handlers.read_environ on POSIX."""
-    encoding = sys.getfilesystemencoding()
-    environ = {}
-    for name, value in os.environ.items():
-        base = name
-        while base.startswith('REDIRECT_'):  # Apache's copies of the variables of a redirect
-            base = base[len('REDIRECT_'):]
+    """Serve a CGI process's one request and end it with os._exit (storage.Once says why); for
+    this module's apps, whose answer is one list, as CGIHandler costs 3.8 ms of CPU a push
+    (docs/AUDIT.md; tests/test_cgi_gateway.py holds both to the same bytes)."""
+    environ, encoding = {}, sys.getfilesystemencoding()
+    for name, value in os.environ.items():      # wsgiref.handlers.read_environ's rule
+        base = name.replace('REDIRECT_', '')
         if base in CGI_REQUEST_VARIABLES or base.startswith(('HTTP_', 'SSL_')):
             value = value.encode(encoding, 'surrogateescape').decode('latin-1')
         environ[name] = value
-    return environ
+    stdin = sys.stdin.buffer.raw if sys.stdin is not None else io.BytesIO()  # None: fd 0 shut
+    if environ.get('CONTENT_LENGTH') or environ.get('HTTP_TRANSFER_ENCODING'):
+        import post
+        stdin = post.CountedInput(stdin)
+    environ.update({
+        'wsgi.input': io.BufferedReader(stdin), 'wsgi.errors': sys.stderr,
+        'wsgi.version': (1, 0), 'wsgi.multithread': False, 'wsgi.multiprocess': True,
+        'wsgi.run_once': True, 'fibosms.ends': True,
+        'wsgi.url_scheme': 'https' if environ.get('HTTPS') in ('yes', 'on', '1') else 'http'})
+    started = []
+    body = b''.join(app(environ, lambda status, headers, exc_info=None: started.extend(
+        (status, headers))))
+    sys.stdout.buffer.write(''.join(['Status: %s\r\n' % started[0]] + [
+        '%s: %s\r\n' % header for header in started[1]] + ['\r\n']).encode('latin-1') + body)
+    sys.stdout.buffer.flush()
+    if hasattr(stdin, 'taken'):
+        post.read_away(stdin, environ)
+    import atexit
+    atexit._run_exitfuncs()     # what a hook registered still runs; then no finalization
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def make_server(host, port, app):
-    """The small server of smallserver.py, serving `app` on `host`:`port`."""
+def main():
+    """``python3 receiver.py``: CGI where GATEWAY_INTERFACE is set, else the small server."""
+    if 'GATEWAY_INTERFACE' in os.environ:
+        serve_cgi()
     import smallserver
-    return smallserver.make_server(host, port, app)
-
-
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(
-        description='Receive FiboSMS pushes with a small threaded server.')
-    parser.add_argument('--host', default='127.0.0.1', help='address to listen on (%(default)s)')
-    parser.add_argument('--port', type=int, default=8000, help='port (%(default)s; 0: any free)')
-    parser.add_argument('--db', help='database file (default: $FIBOSMS_DB or '
-                                     '~/.fibosms/messages.sqlite3)')
-    args = parser.parse_args(argv)
-    app = make_app(db=os.path.abspath(args.db)) if args.db else application
-    server = make_server(args.host, args.port, app)
-    host, port = server.server_address[:2]
-    print('Listening on http://%s:%d/' % (host, port))
-    print('Database: %s' % os.path.abspath(
-        args.db or os.environ.get('FIBOSMS_DB') or storage.default_path()))
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return smallserver.main(make_app)
 
 
 if __name__ == '__main__':
-    if 'GATEWAY_INTERFACE' in os.environ:
-        serve_cgi()
-    else:
-        sys.exit(main())
+    sys.exit(main())

@@ -6,7 +6,7 @@ One thread reads the request line and headers of every connection, at most MAX_H
 within HEADER_TIMEOUT, so a slow client holds a few KiB and no thread; WORKERS threads run the
 requests whose headers are in, with BODY_TIMEOUT for the body. Over MAX_CONNECTIONS open at
 once, or MAX_PER_ADDRESS from one address (a front end on this machine aside), the next
-connection is answered 503 at once. One request per connection.
+connection is answered at once, 200 <Status>1</Status>: try again. One request per connection.
 
 Headers named with anything but letters, digits and '-' are dropped: wsgiref would read
 ``X_Forwarded_For`` as X-Forwarded-For (PEP 3333), and nginx and Apache drop them too.
@@ -14,12 +14,15 @@ Headers named with anything but letters, digits and '-' are dropped: wsgiref wou
 Its own refusals are receiver.py's <Status>1</Status> with a status line too: 400 (unreadable,
 blank or cut-off request line, a folded header line, Content-Length, -Type or Host twice), 408
 (headers too slow), 411 (chunked body), 414 or 431 (over MAX_HEADER_BYTES, or over MAX_HEADERS
-headers), 503 (too many connections), 505 (HTTP/2 and later). Each logs one line on stderr
+headers), 505 (HTTP/2 and later); 200 (too many connections: a retry can succeed, as for
+receiver.TRY_AGAIN). Each logs one line on stderr
 naming the reason. The request log line shows ``/***`` for the path, whatever its spelling,
 and never the query string.
 """
+import argparse
 import collections
 import io
+import os
 import queue
 import selectors
 import socket
@@ -36,7 +39,7 @@ CONTENT_TYPE = 'text/xml; charset=utf-8'
 
 LISTEN_BACKLOG = 128            # connections the kernel holds until they are accepted
 MAX_CONNECTIONS = 512           # open at once (under the usual 1024 file descriptors): the
-                                # next one is answered 503 at once
+                                # next one is answered (try again) at once
 MAX_PER_ADDRESS = 16            # open at once from one address, but for a front end's:
 FRONT_END_ADDRESSES = ('127.0.0.1', '::1', '::ffff:127.0.0.1')
 WORKERS = 16                    # threads running requests whose headers are all in
@@ -83,12 +86,12 @@ class ReceiverServer(WSGIServer):
             if not crowded:
                 self.per_address[address] += 1
         if crowded:   # one client may not take every slot: the gateway's push gets one
-            refuse(request, 503, 'more than %d connections from one address'
+            refuse(request, 200, 'more than %d connections from one address'
                    % MAX_PER_ADDRESS, client_address)
             return
         if not self.slots.acquire(blocking=False):
             self.leave(client_address, slot=False)
-            refuse(request, 503, 'more than %d connections' % MAX_CONNECTIONS,
+            refuse(request, 200, 'more than %d connections' % MAX_CONNECTIONS,
                    client_address)
             return
         self.reader.add(request, client_address)
@@ -291,8 +294,17 @@ class RequestHandler(WSGIRequestHandler):
             return
         handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(),
                                 self.get_environ())
-        handler.request_handler = self
+        handler.request_handler, self.wsgi_handler = self, handler
         handler.run(self.server.get_app())
+
+    def address_string(self):
+        # The address the receiver believed (X-Forwarded-For from a trusted proxy), if it is
+        # one, else the connection's.
+        environ = getattr(getattr(self, 'wsgi_handler', None), 'environ', None) or {}
+        believed = environ.get('fibosms.client_address') or ''
+        if believed and len(believed) < 46 and not believed.strip('0123456789abcdefABCDEF.:'):
+            return believed
+        return self.client_address[0]
 
     def log_request(self, code='-', size='-'):
         # Neither the path (the secret, in one spelling or another) nor the query string
@@ -378,7 +390,8 @@ def refuse(sock, code, reason, client_address):
     phrase = BaseHTTPRequestHandler.responses.get(code, ('',))[0]
     head = ('HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: '
             'no-store\r\nConnection: close\r\n\r\n' % (code, phrase, CONTENT_TYPE, len(RETRY)))
-    sys.stderr.write('%s - - fibosms-receiver: %d %s\n' % (client_address[0], code, reason))
+    sys.stderr.write('%s - - fibosms-receiver: answered 1 (HTTP %d): %s\n'
+                     % (client_address[0], code, reason))
     sys.stderr.flush()
     drain(sock)
     try:
@@ -387,3 +400,32 @@ def refuse(sock, code, reason, client_address):
     except OSError:
         pass
     sock.close()
+
+
+def main(make_app, argv=None):
+    """``python3 receiver.py [--host H] [--port P] [--db PATH]``: serve until stopped."""
+    parser = argparse.ArgumentParser(
+        prog='receiver.py', description='Receive FiboSMS pushes with a small threaded server.')
+    parser.add_argument('--host', default='127.0.0.1', help='address to listen on (%(default)s)')
+    parser.add_argument('--port', type=int, default=8000, help='port (%(default)s; 0: any free)')
+    parser.add_argument('--db', help='database file (default: FIBOSMS_DB of the settings, else'
+                                     ' ~/fibosms-data/messages.sqlite3)')
+    args = parser.parse_args(argv)
+    given = {'db': os.path.abspath(args.db)} if args.db else {}
+    server = make_server(args.host, args.port, make_app(**given))
+    import receiver
+    try:
+        database = receiver.read_settings(given=dict(
+            ('FIBOSMS_' + k.upper(), v) for k, v in given.items()))['FIBOSMS_DB']
+    except receiver.Reject as exc:
+        database = 'none until this is mended: %s' % exc.reason
+    print('Listening on http://%s:%d/' % server.server_address[:2])
+    print('Database: %s' % database)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -3,18 +3,15 @@ mod_passenger (deploy/apache-passenger.conf).
 
 Passenger loads passenger_wsgi.py from the application root and serves its `application`.
 Put this file in the application root (e.g. ~/fibosms, outside public_html) together with
-receiver.py and storage.py.
+receiver.py and the other .py files.
 
-Settings are environment variables, set on the application's page in cPanel ("Add Variable",
-then "Save" and "Restart"), or with SetEnv in Apache:
+The settings are in the settings file, ~/fibosms-data/settings.env of the user the app runs
+as (deploy/settings.env shows it; FIBOSMS_CONFIG names another). Environment variables set on
+the application's page in cPanel, or with SetEnv in Apache, are read too where the file does
+not set them.
 
-    FIBOSMS_TOKEN   a long random secret: the last part of the URL you register
-    FIBOSMS_DB      the database file (default: ~/.fibosms/messages.sqlite3, in your home
-                    and outside public_html)
-    FIBOSMS_ALLOW   optional: only these addresses may call, comma-separated
-
-After changing receiver.py or storage.py, press "Restart" (or: touch tmp/restart.txt in the
-application root).
+After changing a .py file, press "Restart" (or: touch tmp/restart.txt in the application
+root). A change to the settings file counts from the next push.
 """
 import os
 import sys

@@ -2,6 +2,7 @@
 """Send one FiboSMS push to a receiving page, the way FiboSMSGateway does, and say what happened.
 
     python3 deploy/push.py URL --phone P --message M [--guid G] [--tries 5] [--wait 2]
+                           [--cafile FILE]
 
 FiboSMSGateway calls the page with ``GET URL?message=...&phone=...&guid=...`` (UTF-8,
 percent-encoded, a space as ``+`` like .NET's HttpUtility.UrlEncode) and reads the page's
@@ -15,7 +16,8 @@ script tries up to --tries times, --wait seconds apart, prints one line per try,
 only when the page answered <Status>2</Status>; 1 otherwise; 2 for a bad command line.
 
 Run it against your page's real URL (https://..., with the secret in it) before you register
-that URL at admin.fibosms.com. Each run without --guid makes a new guid, so it stores a new
+that URL at admin.fibosms.com. A certificate that is not publicly trusted yet (your own CA, a
+test certificate) is trusted with --cafile FILE; nothing else is ever skipped. Each run without --guid makes a new guid, so it stores a new
 row; run it twice with the same --guid to see that a resent SMS is stored once.
 
 Standard library only; Python 3.6 or newer.
@@ -41,13 +43,15 @@ def push_url(url, message, phone, guid):
     return url + ('&' if '?' in url else '?') + query
 
 
-def try_once(url, timeout):
+def try_once(url, timeout, cafile=None):
     """One GET; return (HTTP status or None, body bytes or None, error text or None)."""
+    import ssl
     import urllib.error
     import urllib.request
     request = urllib.request.Request(url, headers={'User-Agent': USER_AGENT})
+    context = ssl.create_default_context(cafile=cafile) if url.startswith('https:') else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read(MAX_BODY), None
     except urllib.error.HTTPError as exc:   # 4xx/5xx still carry the page's answer
         try:
@@ -63,7 +67,8 @@ def try_once(url, timeout):
 def describe(status, body, error):
     """One line about one try's outcome."""
     if error is not None:
-        return 'no answer (%s)' % error
+        hint = ' (a certificate not publicly trusted? --cafile FILE)' if 'CERTIFICATE' in error else ''
+        return 'no answer (%s)%s' % (error, hint)
     answer = body.strip()
     if answer == DONE:
         meaning = '<Status>2</Status>: stored; the gateway would not send it again'
@@ -101,16 +106,24 @@ def main(argv=None):
                         help='seconds between tries (%(default)s)')
     parser.add_argument('--timeout', type=float, default=TIMEOUT,
                         help='seconds to wait for each answer (%(default)s)')
+    parser.add_argument('--cafile', help="trust this certificate (PEM) for the page's https,"
+                                         ' besides the system\'s (a test or private one)')
     args = parser.parse_args(argv)
     if not args.url.startswith(('http://', 'https://')):
         parser.error('URL must start with http:// or https://')
     if args.tries < 1:
         parser.error('--tries must be 1 or more')
+    if args.cafile:
+        try:
+            import ssl
+            ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            parser.error('--cafile %s: %s' % (args.cafile, getattr(exc, 'strerror', None) or exc))
     guid = args.guid or str(uuid.uuid4())
     url = push_url(args.url, args.message, args.phone, guid)
     print('Pushing guid %s to %s' % (guid, redact(args.url)))
     for attempt in range(1, args.tries + 1):
-        status, body, error = try_once(url, args.timeout)
+        status, body, error = try_once(url, args.timeout, args.cafile)
         print('try %d of %d: %s' % (attempt, args.tries, describe(status, body, error)))
         sys.stdout.flush()
         if error is None and body.strip() == DONE:

@@ -1,6 +1,6 @@
 """The shipped front ends under attack: deploy/apache-mod_wsgi.conf, deploy/cgi/ (mod_cgid),
 deploy/apache-passenger.conf, deploy/apache-reverse-proxy.conf and
-deploy/nginx-reverse-proxy.conf on the real servers of servers.py, attacked with raw bytes
+deploy/nginx-reverse-proxy.conf on the real servers of support.py, attacked with raw bytes
 over real sockets as the internet would.
 
 Every answer must be a Status document (text/xml; charset=utf-8), whoever gives it: the page
@@ -27,12 +27,10 @@ import uuid
 
 import pytest
 
-import servers
-from servers import TOKEN
+import support
+from support import TOKEN, assert_status_document, read_response, request_bytes
 
-RETRY = b'<Status>1</Status>'
-DONE = b'<Status>2</Status>'
-CONTENT_TYPE = 'text/xml; charset=utf-8'
+from support import CONTENT_TYPE, DONE, RETRY
 SLOW_CLIENTS = 3           # connections per slow-client test
 SLOW_BOUND = 40.0          # seconds within which a front end must drop a slow client
 APP_QUERY_LIMIT = 16 * 1024
@@ -45,137 +43,15 @@ OWN_SERVER = ['mod_wsgi', 'passenger', 'apache_proxy', 'nginx']
 
 # -- The set-ups ------------------------------------------------------------------------------
 
-class Front:
-    """One running set-up: where to connect, the page's path, its database and logs."""
-
-    def __init__(self, name, ws, port, page, tls, receiver=None, host_logs=()):
-        self.name, self.ws, self.port, self.page = name, ws, port, page
-        self.cafile = ws.cert if tls else None
-        self.db, self.receiver = ws.db, receiver
-        self.host_logs = set(host_logs)   # log files written by the host, not by the snippet
-        self.servers = []                 # stopped in reverse order
-        self.since = None                 # mark() at the start of the current test
-
-    def logs(self, since=None):
-        """{file name: text} of every log file the set-up writes, from the offsets in
-        `since` (a mark()) on: each test then answers for its own lines only."""
-        texts = {}
-        for name in sorted(os.listdir(self.ws.logs)):
-            if name not in self.host_logs:
-                texts[name] = self.ws.log(name)[(since or {}).get(name, 0):]
-        return texts
-
-    def mark(self):
-        """The current length of every log, for logs(since=...)."""
-        return {name: len(text) for name, text in self.logs().items()}
-
-
-def grant(folder):
-    return '<Directory %s>\n    Require all granted\n</Directory>\n' % folder
-
-
-def start_mod_wsgi(ws):
-    config = servers.mod_wsgi_config(ws)   # the DocumentRoot not granted
-    apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], config).start()
-    front = Front('mod_wsgi', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
-    front.servers = [apache]
-    return front
-
-
-def start_cgi(ws):
-    """deploy/cgi/ uploaded to a folder the host serves at /fibosms (an Alias, as for a
-    user's folder), with the host's DocumentRoot not granted."""
-    folder = ws.folder('site', 'fibosms')
-    ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'),
-            os.path.join(folder, '.htaccess'), 0o644)
-    ws.write(os.path.join(folder, 'receiver.cgi'), servers.cgi_script(ws.app, ws.db), mode=0o755)
-    host = ('ScriptSock %s/cgid.sock\nDocumentRoot %s\nAlias /fibosms %s\n<Directory %s>\n'
-            '    Options SymLinksIfOwnerMatch\n    AllowOverride All\n'
-            '    Require all granted\n</Directory>\n' % (ws.run, ws.www, folder, folder))
-    apache = servers.Apache(ws, ['cgid', 'headers', 'rewrite'], host).start()
-    front = Front('cgi', ws, apache.port, '/fibosms/receiver.cgi/' + TOKEN, tls=False,
-                  host_logs=['host_access.log'])
-    front.servers = [apache]
-    return front
-
-
-def start_apache_proxy(ws):
-    receiver = servers.Receiver(ws).start()
-    config = servers.snippet('apache-reverse-proxy.conf', servers.tls_replacements(ws) + [
-        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),
-        ('127.0.0.1:8000', '127.0.0.1:%d' % receiver.port),
-    ])
-    apache = servers.Apache(ws, ['proxy', 'proxy_http', 'headers', 'reqtimeout'], config)
-    front = Front('apache_proxy', ws, apache.port, '/fibosms/' + TOKEN, tls=True,
-                  receiver=receiver)
-    front.servers = [receiver, start_or_stop(apache, receiver)]
-    return front
-
-
-def start_nginx(ws):
-    receiver = servers.Receiver(ws).start()
-    config = servers.snippet('nginx-reverse-proxy.conf', servers.tls_replacements(ws) + [
-        ('listen 443 ssl;', 'listen 127.0.0.1:{port} ssl;'),
-        ('listen [::]:443 ssl;', '# (IPv6 listen line dropped: loopback only here)'),
-        ('root /var/www/html;', 'root %s;' % ws.www),
-        ('/var/log/nginx/', ws.logs + '/'),
-        ('127.0.0.1:8000', '127.0.0.1:%d' % receiver.port),
-    ])
-    nginx = servers.Nginx(ws, config)
-    front = Front('nginx', ws, nginx.port, '/fibosms/' + TOKEN, tls=True, receiver=receiver)
-    front.servers = [receiver, start_or_stop(nginx, receiver)]
-    return front
-
-
-def start_or_stop(server, receiver):
-    """server.start(), or, when it fails, the receiver behind it stopped too."""
-    try:
-        return server.start()
-    except BaseException:
-        receiver.stop()
-        raise
-
-
-def start_passenger(ws):
-    ws.folder('app', 'public')
-    ws.copy(os.path.join(servers.DEPLOY, 'passenger_wsgi.py'),
-            os.path.join(ws.app, 'passenger_wsgi.py'), 0o644)
-    host = ('PassengerRoot %s\nPassengerDefaultRuby /usr/bin/ruby\n'
-            'PassengerInstanceRegistryDir %s\n' % (servers.PASSENGER_ROOT, ws.run))
-    config = servers.snippet('apache-passenger.conf', servers.tls_replacements(ws) + [
-        ('<VirtualHost *:443>', '<VirtualHost *:{port}>'),
-        ('DocumentRoot /var/www/html', 'DocumentRoot %s' % ws.www),   # not granted
-        ('PassengerUser fibosms', 'PassengerUser %s' % ws.user),
-        ('PassengerGroup fibosms', 'PassengerGroup %s' % ws.group),
-        ('/srv/fibosms/app', ws.app),
-        ('/srv/fibosms/data', ws.data),
-        ('change-me-to-a-long-random-secret', TOKEN),
-    ])
-    modules = ['passenger', 'headers', 'reqtimeout', 'rewrite']
-    apache = servers.Apache(ws, modules, host + config).start()
-    front = Front('passenger', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
-    front.servers = [apache]
-    return front
-
-
-STARTERS = {'mod_wsgi': start_mod_wsgi, 'cgi': start_cgi, 'passenger': start_passenger,
-            'apache_proxy': start_apache_proxy, 'nginx': start_nginx}
-
-
 @pytest.fixture(scope='module')
 def fronts():
-    """fronts(name) -> that set-up, started at its first use and stopped after the module."""
+    """fronts(name) -> that set-up (support.start), started at its first use and stopped after
+    the module. Every Apache set-up runs with a DocumentRoot that is not granted."""
     started = {}
 
     def get(name):
         if name not in started:
-            ws = servers.Workspace('attack-' + name)
-            try:
-                started[name] = STARTERS[name](ws)
-            except BaseException:
-                ws.remove()
-                raise
+            started[name] = support.start(name)
         front = started[name]
         front.since = front.mark()
         return front
@@ -183,115 +59,24 @@ def fronts():
         yield get
     finally:
         for front in started.values():
-            for server in reversed(front.servers):
-                server.stop()
-            front.ws.remove()
-
-
-# -- Raw HTTP ---------------------------------------------------------------------------------
-
-def connect(front, timeout=20.0, source=None):
-    """A connection to the set-up (TLS when it serves TLS), from address `source`."""
-    sock = socket.create_connection(('127.0.0.1', front.port), timeout=timeout,
-                                    source_address=(source, 0) if source else None)
-    if front.cafile:
-        context = ssl.create_default_context(cafile=front.cafile)
-        sock = context.wrap_socket(sock, server_hostname='127.0.0.1')
-    return sock
+            front.stop()
 
 
 def exchange(front, data, timeout=20.0, source=None):
-    """Send `data` (bytes) on a fresh connection; the servers.Response, or None when the
-    server closed the connection without a byte of answer."""
-    sock = connect(front, timeout, source)
-    try:
-        # In pieces, stopping when an answer comes: a server that answers before the whole
-        # body is in (413) may close, and bytes sent after that make the kernel reset the
-        # connection, answer unread. (A non-blocking recv, not select(): TLS 1.3 session
-        # tickets make a socket readable with no answer in it yet.)
-        early = b''
-        for start in range(0, len(data), 4096):
-            try:
-                sock.sendall(data[start:start + 4096])
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sock.setblocking(False)
-            try:
-                early = sock.recv(65536)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                pass
-            except (ConnectionResetError, ssl.SSLError):
-                break
-            finally:
-                sock.settimeout(timeout)
-            if early:
-                break
-        return read_response(sock, early)
-    finally:
-        sock.close()
+    """Send `data` to the set-up (TLS when it serves TLS): support.exchange's Response."""
+    return support.exchange(front.port, data, front.cafile, timeout, source)
 
 
-class Received:
-    """Bytes read whole, handed to http.client as the socket it parses from."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def makefile(self, mode):
-        return io.BytesIO(self.data)
-
-
-def read_response(sock, data=b''):
-    """The servers.Response read from `sock` (after `data`, its first bytes) until the server
-    closes it; None when it closed without a byte. An answer with no status line (HTTP/0.9,
-    the answer to a request line without a version) has status None and no headers."""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):   # an abrupt close ends the answer
-            chunk = b''
-        if not chunk:
-            break
-        data += chunk
-    if not data:
-        return None
-    if not data.startswith(b'HTTP/'):
-        return servers.Response(None, {}, data)
-    response = http.client.HTTPResponse(Received(data))
-    response.begin()
-    try:
-        body = response.read()
-    except http.client.IncompleteRead as exc:
-        body = exc.partial
-    return servers.Response(response.status, response.headers, body)
-
-
-def request_bytes(target, headers=(), method='GET', body=b''):
-    """An HTTP/1.1 request for `target` as bytes, with `headers` (name, value) pairs added."""
-    lines = ['%s %s HTTP/1.1' % (method, target), 'Host: 127.0.0.1',
-             'User-Agent: fibosms-attack-tests', 'Connection: close']
-    lines += ['%s: %s' % pair for pair in headers]
-    if body:
-        lines.append('Content-Length: %d' % len(body))
-    return ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1') + body
+def connect(front, timeout=20.0, source=None):
+    return support.connect(front.port, front.cafile, timeout, source)
 
 
 def push_target(path, phone, message, guid):
     """`path` with a push's query string, encoded as the gateway does."""
-    return '%s?%s' % (path, servers.push_query(message, phone, guid))
+    return '%s?%s' % (path, support.push_query(message, phone, guid))
 
 
 # -- What every answer and every log must be --------------------------------------------------
-
-def assert_status_document(response, body=RETRY, codes=None):
-    """`response` is the Status document `body`, as text/xml; charset=utf-8, with a status
-    among `codes`."""
-    assert response is not None, 'closed without an answer'
-    assert response.body == body, response
-    assert response.headers['Content-Type'] == CONTENT_TYPE, (response, response.headers)
-    if codes is not None:
-        assert response.status in codes, response
-
 
 def assert_logs_clean(front, *secrets):
     """No log file of the set-up holds the secret or any of `secrets` (phones, text) in any
@@ -309,14 +94,7 @@ def assert_logs_clean(front, *secrets):
 
 def stored(front, guid):
     """The rows stored for `guid` ([] while no push has made the database)."""
-    if not os.path.exists(front.db):
-        return []
-    try:
-        return servers.stored(front.db, guid)
-    except sqlite3.OperationalError as exc:
-        if 'no such table' not in str(exc):
-            raise
-        return []
+    return support.stored(front.db, guid)
 
 
 def new_phone():
@@ -326,7 +104,7 @@ def new_phone():
 
 def marker():
     """An ASCII word inside each message: the same in the query, encoded or not."""
-    return 'zq' + servers.new_guid().replace('-', '')[-12:]
+    return 'zq' + support.new_guid().replace('-', '')[-12:]
 
 
 # -- Long pushes: what the app takes, the front end takes -------------------------------------
@@ -344,7 +122,7 @@ def long_query(phone, word, guid, total):
 def test_attack_front_takes_a_16_kib_query(fronts, name):
     """A push whose query string is the app's 16 KiB limit is stored: no 414 of the front's."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     query = long_query(phone, word, guid, APP_QUERY_LIMIT)
     assert APP_QUERY_LIMIT - 6 < len(query) <= APP_QUERY_LIMIT
     response = exchange(front, request_bytes(front.page + '?' + query))
@@ -359,7 +137,7 @@ def test_attack_front_takes_a_16_kib_query(fronts, name):
 def test_attack_front_too_long_query_gets_status(fronts, name, total):
     """Over 16 KiB: 414 as a Status document, whether the page or the front end refuses."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     query = long_query(phone, word, guid, total)
     response = exchange(front, request_bytes(front.page + '?' + query))
     assert_status_document(response, codes=[414])
@@ -404,7 +182,7 @@ def test_attack_front_respelled_path_answered_and_not_logged(fronts, name, spell
     """Another spelling of the page's path, with the secret in it, gets a Status document
     (stored or refused) and lands in no log, access or error."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     target = push_target(spell(front.page), phone, 'Xin chào %s' % word, guid)
     response = exchange(front, request_bytes(target))
     assert response is not None, target
@@ -419,7 +197,7 @@ def test_attack_front_path_translated_lookup_logs_no_secret(fronts, name):
     """A push through a vhost whose DocumentRoot is not granted logs no AH01630 (the
     PATH_TRANSLATED lookup of the secret under DocumentRoot)."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     response = exchange(front, request_bytes(push_target(front.page, phone, word, guid)))
     assert_status_document(response, DONE, codes=[200])
     assert_logs_clean(front, phone, word)
@@ -462,7 +240,7 @@ def test_attack_front_refusal_is_status_document(fronts, name, case):
     """A malformed or oversized request gets a Status document (or, for one without an HTTP
     version, nothing at all), is stored once at most and logs no secret."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     data = dict(refusals(front.page, phone, word, guid))[case]
     response = exchange(front, data)
     if case == 'no-version' and (response is None or response.status is None):
@@ -484,7 +262,7 @@ def test_attack_front_plain_http_to_tls_port_gets_status(fronts, name):
     """Plain HTTP sent to the TLS port gets a Status document (400, or nginx's 497), not the
     server's HTML page, and leaves no secret in a log."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     sock = socket.create_connection(('127.0.0.1', front.port), timeout=20)
     try:
         sock.sendall(request_bytes(push_target(front.page, phone, word, guid)))
@@ -503,7 +281,7 @@ def test_attack_front_receiver_down_answers_status(fronts, name):
     """With the receiver stopped, a push gets 502/503 as a Status document; the front end's
     logs hold neither secret nor push; the receiver back, the gateway's resend is stored."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     target = push_target(front.page, phone, 'Xin chào %s' % word, guid)
     port = front.receiver.port
     front.receiver.stop()
@@ -512,7 +290,7 @@ def test_attack_front_receiver_down_answers_status(fronts, name):
             response = exchange(front, request_bytes(target))
             assert_status_document(response, codes=[502, 503, 504])
     finally:
-        front.receiver = servers.Receiver(front.ws, port=port).start()
+        front.receiver = support.Receiver(front.ws, port=port).start()
         front.servers[0] = front.receiver
     assert_logs_clean(front, phone, word)
     response = exchange(front, request_bytes(target))
@@ -526,7 +304,7 @@ def test_attack_front_receiver_hung_answers_status(fronts, name):
     push gets a Status document once the proxy's timeout (30 s) runs out, and leaves nothing
     in a log; the resend is stored once."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     target = push_target(front.page, phone, 'Xin chào %s' % word, guid)
     front.receiver.process.send_signal(signal.SIGSTOP)
     try:
@@ -569,7 +347,7 @@ def test_attack_front_forged_forwarded_for_not_believed(fronts, name, headers):
     """A caller's own X-Forwarded-For, in any spelling and order, is not the address
     stored: the caller's real one (127.0.0.2) is."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
+    phone, word, guid = new_phone(), marker(), support.new_guid()
     data = request_bytes(push_target(front.page, phone, word, guid), headers=headers)
     response = exchange(front, data, source='127.0.0.2')
     assert_status_document(response, DONE, codes=[200])
@@ -613,13 +391,13 @@ def test_attack_front_slow_clients_dropped_and_pushes_go_on(fronts, name, part):
     """A few clients sending their headers (or a POST body) a byte a second neither delay
     a real push nor stay connected past SLOW_BOUND; what they get is a Status document."""
     front = fronts(name)
-    phone, word, guid = new_phone(), marker(), servers.new_guid()
-    target = push_target(front.page, phone, word, servers.new_guid())
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    target = push_target(front.page, phone, word, support.new_guid())
     if part == 'headers':
         first = ('GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n' % target).encode()
         trickle = b'X-Slow: ' + b'a' * 200
     else:
-        body = servers.push_query(word, phone, servers.new_guid()).encode()
+        body = support.push_query(word, phone, support.new_guid()).encode()
         first = request_bytes(front.page, method='POST', headers=[
             ('Content-Type', 'application/x-www-form-urlencoded'),
             ('Content-Length', str(len(body) + 200))])

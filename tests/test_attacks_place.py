@@ -44,7 +44,7 @@ def test_own_folder_open_to_group_or_others_is_refused(tmp_path, make_client, mo
     folder.mkdir()
     os.chmod(str(folder), mode)
     refused(make_client, str(folder / 'messages.sqlite3'),
-            '%s is open to group or others (mode %o): give it a folder of its own' % (folder, mode))
+            '%s is open to group or others (mode %o): chmod 700 it' % (folder, mode))
     assert os.listdir(str(folder)) == []
 
 
@@ -118,7 +118,7 @@ def test_folder_above_that_another_user_controls_is_refused(tmp_path, make_clien
     if owner == 'nobody':
         os.chown(str(above), NOBODY.pw_uid, NOBODY.pw_gid)
     line = refused(make_client, str(above / 'data' / 'messages.sqlite3'), reason)
-    assert 'folder %s above the database' % above in line
+    assert 'folder %s above the data' % above in line
     assert os.listdir(str(above / 'data')) == []
 
 
@@ -148,7 +148,7 @@ def test_file_of_another_user_is_refused(db, client, make_client):
 def test_device_file_is_refused_and_nothing_made_beside_it(make_client):
     """FIBOSMS_DB=/dev/null: not a regular file, and no -journal file appears in /dev."""
     before = set(os.listdir('/dev'))
-    refused(make_client, '/dev/null', 'the database folder /dev is open to group or others')
+    refused(make_client, '/dev/null', 'the folder /dev is open to group or others')
     assert set(os.listdir('/dev')) - before == set()
 
 

@@ -18,7 +18,7 @@ import pytest
 import receiver
 import smallserver
 from conftest import DONE, RETRY, ROOT, rows
-from test_reliability_common import Server
+from support import Server
 
 SECRET = 'Att4ck-k3y_9d1e-f00d'
 PHONE = '0987654321'
@@ -83,12 +83,20 @@ def get(port, target, headers=()):
     return exchange(port, b'\r\n'.join(lines) + b'\r\n\r\n')
 
 
+TRY_AGAIN = 'try again'     # an `expected` of assert_status_document: 200 <Status>1</Status>
+
+
 def assert_status_document(code, head, body, expected=None):
-    """A status line, text/xml, and the Status document that goes with the code."""
+    """A status line, text/xml, and a Status document, 2 only with 200; `expected` a code
+    (200: stored, <Status>2</Status>) or TRY_AGAIN (200, <Status>1</Status>)."""
     assert code is not None, body
-    assert body == (DONE if code == 200 else RETRY), (code, head, body)
+    assert body in ((DONE, RETRY) if code == 200 else (RETRY,)), (code, head, body)
     assert b'Content-Type: text/xml; charset=utf-8' in head, head
-    if expected is not None:
+    if expected == TRY_AGAIN:
+        assert (code, body) == (200, RETRY), (code, head, body)
+    elif expected == 200:
+        assert (code, body) == (200, DONE), (code, head, body)
+    elif expected is not None:
         assert code == expected, (code, head, body)
 
 
@@ -192,7 +200,7 @@ def test_header_names_that_are_not_tokens_reach_no_environ_key():
         start_response('200 OK', [('Content-Type', 'text/plain')])
         return [b'']
 
-    server = receiver.make_server('127.0.0.1', 0, app)
+    server = smallserver.make_server('127.0.0.1', 0, app)
     thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.05})
     thread.start()
     try:
@@ -212,12 +220,12 @@ def test_header_names_that_are_not_tokens_reach_no_environ_key():
 # -- Settings that would leave the page open ----------------------------------------------------
 
 def shipped_placeholder():
-    """FIBOSMS_TOKEN's value in deploy/fibosms-receiver.env, as shipped."""
-    with open(os.path.join(ROOT, 'deploy', 'fibosms-receiver.env')) as f:
+    """FIBOSMS_TOKEN's value in deploy/settings.env, as shipped."""
+    with open(os.path.join(ROOT, 'deploy', 'settings.env')) as f:
         for line in f:
             if line.startswith('FIBOSMS_TOKEN='):
                 return line.strip().partition('=')[2]
-    raise AssertionError('deploy/fibosms-receiver.env sets no FIBOSMS_TOKEN')
+    raise AssertionError('deploy/settings.env sets no FIBOSMS_TOKEN')
 
 
 @pytest.mark.parametrize('token, says', [
@@ -229,12 +237,14 @@ def shipped_placeholder():
     ('Zx9-s3cr3t', 'FIBOSMS_TOKEN is shorter than 12 characters'),
 ], ids=['empty', 'blank', 'shipped placeholder', 'SECRET of the README', 'two digits',
         'ten characters'])
-def test_empty_or_example_secret_is_503_with_a_line_saying_what_to_set(tmp_path, token, says):
-    """Even a caller on this machine showing that very secret gets 503; the log says why."""
+def test_empty_or_example_secret_is_try_again_with_a_line_saying_what_to_set(tmp_path, token,
+                                                                             says):
+    """Even a caller on this machine showing that very secret gets try again (HTTP 200,
+    <Status>1</Status>); the log says why."""
     with start(tmp_path, {'FIBOSMS_TOKEN': token}) as running:
         for path in ('/fibosms/' + quote(token.strip() or 'x', safe=''), '/'):
             answer = get(running.port, '%s?%s' % (path, query('cfg')))
-            assert_status_document(*answer, expected=503)
+            assert_status_document(*answer, expected=TRY_AGAIN)
         log = running.log()
     assert rows(running.db) == []
     assert log.count(says) == 2, log
@@ -249,7 +259,7 @@ def test_no_secret_and_no_allowlist_serves_this_machine_only(tmp_path):
         for header in ('X-Forwarded-For: 198.51.100.9', 'Forwarded: for=198.51.100.9',
                        'X-Real-IP: 198.51.100.9', 'X-Forwarded-For: 127.0.0.1'):
             answer = get(running.port, '/?' + query('proxied'), [header])
-            assert_status_document(*answer, expected=503)
+            assert_status_document(*answer, expected=TRY_AGAIN)
         log = running.log()
     assert [r['guid'] for r in rows(running.db)] == ['local']
     assert log.count('neither FIBOSMS_TOKEN nor FIBOSMS_ALLOW is set') == 4, log
@@ -258,31 +268,30 @@ def test_no_secret_and_no_allowlist_serves_this_machine_only(tmp_path):
 
 @pytest.mark.parametrize('remote, code', [
     ('127.0.0.1', 200), ('127.8.9.10', 200), ('::1', 200), ('::ffff:127.0.0.1', 200),
-    ('192.0.2.1', 503), ('10.0.0.1', 503), ('::ffff:192.0.2.1', 503), ('fe80::1%eth0', 503),
-    ('', 503), ('localhost', 503), ('127.0.0.1.evil', 503), ('127.0.0.256', 503),
+    ('192.0.2.1', 'try again'), ('10.0.0.1', 'try again'), ('::ffff:192.0.2.1', 'try again'), ('fe80::1%eth0', 'try again'),
+    ('', 'try again'), ('localhost', 'try again'), ('127.0.0.1.evil', 'try again'), ('127.0.0.256', 'try again'),
 ])
 def test_without_secret_or_allowlist_only_loopback_addresses_are_served(make_client, db,
                                                                         remote, code):
     """The app, given no secret and no allowlist, serves loopback callers only."""
     client = make_client(extra_environ={'REMOTE_ADDR': remote})
-    res = client.get('/?' + query('addr'), status=code, expect_errors=code != 200)
-    assert res.body == (DONE if code == 200 else RETRY)
+    res = client.get('/?' + query('addr'), expect_errors=True)
+    assert (res.status_int, res.body) == (200, DONE if code == 200 else RETRY)
     assert len(rows(db)) == (1 if code == 200 else 0)
 
 
 @pytest.mark.parametrize('settings, code', [
-    ({'token': ''}, 503), ({'token': 'Change-Me-To-A-Long-Random-Secret'}, 503),
-    ({'token': 'secret'}, 503), ({'allow': '192.0.2.1'}, 200), ({'token': SECRET}, 200),
-    ({'extra_environ': {'FIBOSMS_TOKEN': ''}}, 503),
+    ({'token': ''}, 'try again'), ({'token': 'Change-Me-To-A-Long-Random-Secret'}, 'try again'),
+    ({'token': 'secret'}, 'try again'), ({'allow': '192.0.2.1'}, 200), ({'token': SECRET}, 200),
+    ({'extra_environ': {'FIBOSMS_TOKEN': ''}}, 'try again'),
 ])
-def test_settings_that_leave_the_page_open_are_503(make_client, db, settings, code):
+def test_settings_that_leave_the_page_open_are_try_again(make_client, db, settings, code):
     """An empty, example or short secret, given any way, is a configuration error."""
     settings = dict(settings)
     extra = dict(settings.pop('extra_environ', {}), REMOTE_ADDR='192.0.2.1')
     client = make_client(extra_environ=extra, **settings)
-    res = client.get('/fibosms/%s?%s' % (SECRET, query('set')), status=code,
-                     expect_errors=code != 200)
-    assert res.body == (DONE if code == 200 else RETRY)
+    res = client.get('/fibosms/%s?%s' % (SECRET, query('set')), expect_errors=True)
+    assert (res.status_int, res.body) == (200, DONE if code == 200 else RETRY)
 
 
 # -- The secret sent again, and the secret in the log -------------------------------------------
@@ -500,12 +509,12 @@ def test_hundreds_of_half_sent_requests_hold_no_thread_and_time_out(plain):
     assert now_threads == threads and now_fds <= fds + 3, (threads, fds, now_threads, now_fds)
     assert [r['guid'] for r in rows(plain.db)] == ['warm', 'meanwhile']
     log = plain.log()
-    assert log.count('408 headers not in within') == 305, log[-2000:]
-    assert log.count('408 body not received') == 3, log[-2000:]
+    assert log.count('answered 1 (HTTP 408): headers not in within') == 305, log[-2000:]
+    assert log.count('answered 1 (HTTP 408): body not received') == 3, log[-2000:]
 
 
-def test_connections_over_the_limit_get_503_at_once(plain):
-    """Past MAX_CONNECTIONS open at once, the next ones get 503 at once and close; when the
+def test_connections_over_the_limit_get_try_again_at_once(plain):
+    """Past MAX_CONNECTIONS open at once, the next ones get try again at once and close; when the
     crowd leaves, a push gets 2."""
     _, fds = threads_and_fds(plain.process.pid)
     crowd = open_half_sent(plain.port, smallserver.MAX_CONNECTIONS, b'GET / HTTP/1.1\r\n')
@@ -515,7 +524,7 @@ def test_connections_over_the_limit_get_503_at_once(plain):
         for _ in range(20):
             sock = socket.create_connection(('127.0.0.1', plain.port), timeout=5)
             try:
-                assert_status_document(*read_answer(sock), expected=503)
+                assert_status_document(*read_answer(sock), expected=TRY_AGAIN)
             finally:
                 sock.close()
         assert time.monotonic() - began < 5
@@ -526,7 +535,8 @@ def test_connections_over_the_limit_get_503_at_once(plain):
     time.sleep(0.5)
     target = '/fibosms/%s?%s' % (SECRET, query('after-crowd'))
     assert_status_document(*get(plain.port, target), expected=200)
-    assert plain.log().count('503 more than %d connections' % smallserver.MAX_CONNECTIONS) == 20
+    assert plain.log().count('answered 1 (HTTP 200): more than %d connections'
+                            % smallserver.MAX_CONNECTIONS) == 20
 
 
 def test_one_address_cannot_take_every_connection(plain):
@@ -540,7 +550,7 @@ def test_one_address_cannot_take_every_connection(plain):
             sock = socket.create_connection(('127.0.0.1', plain.port), timeout=5,
                                             source_address=('127.0.0.2', 0))
             try:
-                assert_status_document(*read_answer(sock), expected=503)
+                assert_status_document(*read_answer(sock), expected=TRY_AGAIN)
             finally:
                 sock.close()
         sock = socket.create_connection(('127.0.0.1', plain.port), timeout=5,
@@ -554,7 +564,7 @@ def test_one_address_cannot_take_every_connection(plain):
     finally:
         for sock in crowd:
             sock.close()
-    assert plain.log().count('503 more than %d connections from one address'
+    assert plain.log().count('answered 1 (HTTP 200): more than %d connections from one address'
                              % smallserver.MAX_PER_ADDRESS) == 5
 
 

@@ -89,7 +89,7 @@ def test_cgi_bad_request_answers_400_and_status_1(db, query):
 def test_cgi_log_line_goes_to_stderr(db):
     """The log line of a refused CGI push is written to stderr, never into the response."""
     status, _, content, err = run_cgi(db, b'phone=0912345678&message=secret+text')
-    assert err.splitlines() == ['fibosms-receiver: 400 guid missing or empty']
+    assert err.splitlines() == ['fibosms-receiver: answered 1 (HTTP 400): guid missing or empty']
     assert content == RETRY
     assert 'secret' not in err
 

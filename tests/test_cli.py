@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import commands
 import storage
 from conftest import DONE, ROOT, rows
 
@@ -47,7 +48,7 @@ def test_list_shows_each_message(filled):
     code, out, _ = run_cli(filled, 'list')
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split('\t') == list(storage.LIST_COLUMNS)
+    assert lines[0].split('\t') == list(commands.LIST_COLUMNS)
     assert [line.split('\t')[1] for line in lines[1:]] == ['g-empty', 'g-ascii', 'g-vi']
 
 
@@ -183,7 +184,7 @@ def test_check_names_a_place_another_user_controls(filled):
     code, out, _ = run_cli(filled, 'check')
     assert code == 1
     [line] = [line for line in out.splitlines() if line.startswith('place:')]
-    assert 'folder %s above the database is writable by group or others' % above in line
+    assert 'folder %s above the data is writable by group or others' % above in line
     assert line.endswith('<-- PROBLEM')
 
 

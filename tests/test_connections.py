@@ -1,4 +1,6 @@
-"""Connections kept open by long-running servers: reused only where that is safe."""
+"""The connection policy (connections.py, storage.Once): a long-running server's kept
+connection is reused only where that is safe, and no push answered 2 is lost when the
+database or its -wal and -shm files are moved, deleted or replaced under it."""
 import os
 import shutil
 import sqlite3
@@ -9,36 +11,11 @@ import time
 
 import pytest
 
+import connections
 import storage
 from conftest import DONE, rows
 
 PUSH = {'phone': '1', 'message': 'hi', 'charset': 'utf-8', 'raw_query': ''}
-
-
-SETTLE = 0.05   # the settled runs' FileState.SETTLED: longer than a clock tick (1 to 10 ms)
-
-
-@pytest.fixture(autouse=True, params=['new folder', 'settled folder'])
-def settled(request, monkeypatch):
-    """Each test twice: as just after the database was made, where the -wal file is looked
-    at on every use, and as in a server that has run a while, where its identity is carried
-    over while the folder is unchanged (storage.FileState). There a folder settles in SETTLE
-    seconds, and each new connection waits that long, as if it had been made long ago."""
-    pause = 0.0
-    if request.param == 'settled folder':
-        pause = SETTLE * 1.2
-        monkeypatch.setattr(storage.FileState, 'SETTLED', SETTLE)
-        monkeypatch.setattr(storage, 'connect', settling(storage.connect, pause))
-    return pause
-
-
-def settling(connect, pause):
-    """`connect`, then a pause, so that the folder has settled when the connection is used."""
-    def connect_and_settle(*args, **kwargs):
-        conn = connect(*args, **kwargs)
-        time.sleep(pause)
-        return conn
-    return connect_and_settle
 
 
 def push(conn, guid):
@@ -46,43 +23,43 @@ def push(conn, guid):
 
 
 def test_kept_connection_is_reused_by_the_same_thread(db):
-    """With keep=True a thread gets its own connection back on its next use."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as first:
+    """A server's thread gets its own connection back on its next use."""
+    kept = connections.Kept()
+    with kept.use(db) as first:
         push(first, 'a')
-    with connections.use(db, keep=True) as second:
+    with kept.use(db) as second:
         push(second, 'b')
     assert second is first
     assert [r['guid'] for r in rows(db)] == ['a', 'b']
 
 
-def test_connection_is_closed_after_use_without_keep(db):
-    """Without keep (a CGI request), every use opens and closes its own connection."""
-    connections = storage.Connections()
-    with connections.use(db) as first:
-        push(first, 'a')
-    with connections.use(db) as second:
-        assert second is not first
-    assert connections.kept == {} and connections.lock is None  # threading never needed
+def test_a_cgi_push_opens_one_connection_and_never_closes_it(db, tmp_path):
+    """A CGI process's connection (storage.Once) is left open for os._exit: its -wal and -shm
+    files stay, so the next process finds them and its commit is one fsync; and the process
+    needs no thread."""
+    code = '''import sys, os
+sys.path.insert(0, %r)
+import storage
+with storage.Once(%r) as conn:
+    storage.deliver(conn, {'guid': sys.argv[1], 'phone': '1', 'message': 'm',
+                           'charset': 'utf-8', 'raw_query': ''})
+print('threading' in sys.modules, flush=True)
+os._exit(0)
+''' % (os.path.dirname(storage.__file__), db)
+    for guid in ('a', 'b'):
+        out = subprocess.check_output([sys.executable, '-S', '-c', code, guid])
+        assert out == b'False\n'
+        assert os.path.exists(db + '-wal') and os.path.exists(db + '-shm')
+    assert [r['guid'] for r in rows(db)] == ['a', 'b']
 
 
-def test_threads_share_the_kept_connection_one_at_a_time(db):
-    """Another thread gets the process's kept connection, never while a use is under way."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as mine:
-        push(mine, 'a')
-    seen = []
-
-    def other():
-        with connections.use(db, keep=True) as theirs:
-            push(theirs, 'b')
-            seen.append(theirs)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join()
-    assert seen == [mine]
-    assert len(rows(db)) == 2
+def test_a_cgi_push_whose_files_are_replaced_during_it_fails(db):
+    """The database replaced while a CGI push commits: an error (answered 1, sent again)."""
+    with pytest.raises(storage.StorageError, match='moved, deleted or replaced'):
+        with storage.Once(db) as conn:
+            push(conn, 'a')
+            os.rename(db, db + '.moved')
+            shutil.copy(db + '.moved', db)
 
 
 def remove_database(db):
@@ -93,11 +70,11 @@ def remove_database(db):
 
 def test_kept_connection_is_replaced_when_the_file_is_deleted(db):
     """A database deleted under a running server is recreated, not written into the void."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as first:
+    kept = connections.Kept()
+    with kept.use(db) as first:
         push(first, 'a')
     remove_database(db)
-    with connections.use(db, keep=True) as second:
+    with kept.use(db) as second:
         push(second, 'b')
     assert second is not first
     assert [r['guid'] for r in rows(db)] == ['b']
@@ -105,27 +82,27 @@ def test_kept_connection_is_replaced_when_the_file_is_deleted(db):
 
 def test_kept_connection_is_dropped_after_an_error(db):
     """A use that raised closes its connection; the next use opens a new one."""
-    connections = storage.Connections()
+    kept = connections.Kept()
     try:
-        with connections.use(db, keep=True) as first:
+        with kept.use(db) as first:
             raise RuntimeError('anything')
     except RuntimeError:
         pass
-    with connections.use(db, keep=True) as second:
+    with kept.use(db) as second:
         assert second is not first
         push(second, 'a')
 
 
 def test_forked_child_opens_its_own_connection(db):
     """A child forked after a push never uses its parent's connection (howtocorrupt 2.6)."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as parents:
+    kept = connections.Kept()
+    with kept.use(db) as parents:
         push(parents, 'a')
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report whether it got the parent's object, then leave at once
         try:
-            with connections.use(db, keep=True) as childs:
+            with kept.use(db) as childs:
                 push(childs, 'b')
                 os.write(write, b'same' if childs is parents else b'own')
         finally:
@@ -149,11 +126,11 @@ def test_app_keeps_a_connection_only_outside_cgi(make_client, db):
 
 def test_threads_of_one_process_take_turns(db):
     """A second thread's use waits while a first thread's use is under way."""
-    connections = storage.Connections()
+    kept = connections.Kept()
     inside, release, order = threading.Event(), threading.Event(), []
 
     def first():
-        with connections.use(db, keep=True) as conn:
+        with kept.use(db) as conn:
             inside.set()
             release.wait(5)
             push(conn, 'a')
@@ -161,7 +138,7 @@ def test_threads_of_one_process_take_turns(db):
 
     def second():
         inside.wait(5)
-        with connections.use(db, keep=True) as conn:
+        with kept.use(db) as conn:
             order.append('second in')
             push(conn, 'b')
 
@@ -178,11 +155,11 @@ def test_threads_of_one_process_take_turns(db):
 
 def test_forked_child_is_not_stopped_by_a_lock_its_parent_held(db):
     """A child forked while another thread of its parent holds the lock still gets its turn."""
-    connections = storage.Connections()
+    kept = connections.Kept()
     inside, release = threading.Event(), threading.Event()
 
     def holder():
-        with connections.use(db, keep=True) as conn:
+        with kept.use(db) as conn:
             inside.set()
             release.wait(10)
             push(conn, 'parent')
@@ -194,7 +171,7 @@ def test_forked_child_is_not_stopped_by_a_lock_its_parent_held(db):
     pid = os.fork()
     if pid == 0:
         try:
-            with connections.use(db, keep=True) as conn:
+            with kept.use(db) as conn:
                 push(conn, 'child')
                 os.write(write, b'stored')
         finally:
@@ -210,14 +187,14 @@ def test_forked_child_is_not_stopped_by_a_lock_its_parent_held(db):
 
 def test_kept_connection_is_replaced_when_another_connection_wrote_the_file(db):
     """A checkpoint by another connection changes the file: the next use opens afresh."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as first:
+    kept = connections.Kept()
+    with kept.use(db) as first:
         push(first, 'a')
     other = storage.connect(db)
     push(other, 'b')
     other.execute('PRAGMA wal_checkpoint')
     other.close()
-    with connections.use(db, keep=True) as second:
+    with kept.use(db) as second:
         push(second, 'c')
     assert second is not first
     assert [r['guid'] for r in rows(db)] == ['a', 'b', 'c']
@@ -225,11 +202,11 @@ def test_kept_connection_is_replaced_when_another_connection_wrote_the_file(db):
 
 def test_kept_connection_is_kept_while_the_files_are_as_it_left_them(db):
     """Its own writes, checkpoints included, do not make the next use open afresh."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as first:
+    kept = connections.Kept()
+    with kept.use(db) as first:
         push(first, 'a')
         first.execute('PRAGMA wal_checkpoint')
-    with connections.use(db, keep=True) as second:
+    with kept.use(db) as second:
         push(second, 'b')
     assert second is first
 
@@ -245,9 +222,9 @@ def test_wal_file_without_its_database_is_refused(db):
         os.remove(os.path.join(os.path.dirname(db), name))
     with open(db + '-wal', 'wb') as f:
         f.write(leftover)
-    for keep in (False, True):
+    for use in (connections.Kept().use, storage.Once):
         with pytest.raises(storage.StorageError, match='-wal is there without its database'):
-            with storage.Connections().use(db, keep=keep):
+            with use(db):
                 pass
     assert not os.path.exists(db)
 
@@ -255,12 +232,12 @@ def test_wal_file_without_its_database_is_refused(db):
 def test_wal_file_deleted_under_a_kept_connection_loses_nothing(db):
     """-wal and -shm deleted under a running server: the next push reopens and is stored,
     and what the old connection had committed is checkpointed back (no restart needed)."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as first:
+    kept = connections.Kept()
+    with kept.use(db) as first:
         push(first, 'a')
     os.remove(db + '-wal')
     os.remove(db + '-shm')
-    with connections.use(db, keep=True) as second:
+    with kept.use(db) as second:
         push(second, 'b')
     assert second is not first
     assert [r['guid'] for r in rows(db)] == ['a', 'b']
@@ -269,12 +246,12 @@ def test_wal_file_deleted_under_a_kept_connection_loses_nothing(db):
 def test_wal_file_replaced_during_a_use_fails_it(db):
     """A -wal file deleted while a push is committing: not known to be stored, so an error
     (answered 1, sent again), and the next use is stored."""
-    connections = storage.Connections()
-    with pytest.raises(storage.StorageError, match='-wal file was moved, deleted or replaced'):
-        with connections.use(db, keep=True) as conn:
+    kept = connections.Kept()
+    with pytest.raises(storage.StorageError, match='-wal or -shm file was moved, deleted or replaced'):
+        with kept.use(db) as conn:
             push(conn, 'a')
             os.remove(db + '-wal')
-    with connections.use(db, keep=True) as conn:
+    with kept.use(db) as conn:
         push(conn, 'b')
     assert 'b' in [r['guid'] for r in rows(db)]
 
@@ -283,15 +260,15 @@ def test_wal_file_replaced_and_the_folder_time_put_back_is_seen(db):
     """A restore by `rsync -a` over the running server's folder: the database file unchanged
     (skipped), the -wal file replaced by a rename, the folder's modification time put back.
     The folder's change time cannot be put back: the replacement is seen and refused."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as conn:
+    kept = connections.Kept()
+    with kept.use(db) as conn:
         push(conn, 'a')
     folder = os.stat(os.path.dirname(db))
     shutil.copy(db + '-wal', db + '-wal.new')
     os.rename(db + '-wal.new', db + '-wal')
     os.utime(os.path.dirname(db), ns=(folder.st_atime_ns, folder.st_mtime_ns))
-    with pytest.raises(storage.StorageError, match='-wal file of .* was replaced'):
-        with connections.use(db, keep=True) as conn:
+    with pytest.raises(storage.StorageError, match='made a new -wal file for .* restart this one'):
+        with kept.use(db) as conn:
             push(conn, 'b')
 
 
@@ -299,37 +276,21 @@ def test_database_written_over_in_place_with_its_time_put_back_is_seen(db):
     """A backup copied over the database in place, its modification time put back (as
     `cp -p` does): the same file, of the same size, but its change time moved, so the kept
     connection, whose cache holds what was overwritten, is not used again."""
-    connections = storage.Connections()
-    with connections.use(db, 'delete', keep=True) as first:
+    kept = connections.Kept()
+    with kept.use(db, 'delete') as first:
         push(first, 'a')
     shutil.copyfile(db, db + '.backup')
-    with connections.use(db, 'delete', keep=True) as conn:
+    with kept.use(db, 'delete') as conn:
         push(conn, 'b')
     st = os.stat(db)
     with open(db + '.backup', 'rb') as backup, open(db, 'r+b') as f:
         f.write(backup.read())
     os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(db).st_size == st.st_size
-    with connections.use(db, 'delete', keep=True) as second:
+    with kept.use(db, 'delete') as second:
         push(second, 'c')
     assert second is not first
     assert [r['guid'] for r in rows(db)] == ['a', 'c']
-
-
-def test_wal_file_is_looked_at_only_until_the_folder_has_settled(db, settled, monkeypatch):
-    """The -wal file is looked at on every use while its folder's last change is recent,
-    and not once the folder has settled (see the fixture `settled`)."""
-    connections = storage.Connections()
-    with connections.use(db, keep=True) as conn:
-        push(conn, 'a')
-    looked = []
-    stat = os.stat
-    monkeypatch.setattr(os, 'stat',
-                        lambda path, *a, **k: looked.append(path) or stat(path, *a, **k))
-    with connections.use(db, keep=True) as conn:
-        push(conn, 'b')
-    assert (db + '-wal' in looked) == (not settled)
-    assert [r['guid'] for r in rows(db)] == ['a', 'b']
 
 
 def test_app_recovers_from_deleted_wal_and_shm_files_without_a_restart(make_client, db):
@@ -347,41 +308,33 @@ def test_database_moved_aside_under_a_kept_connection_leaves_the_new_one_whole(d
     """The operator moves the database and its -wal and -shm aside while two servers run;
     one makes a new database: the other's old connection must not delete its -wal file
     (closing it would, on SQLite 3.7.17, which deletes them by name: 'disk I/O error')."""
-    old_server, new_server = storage.Connections(), storage.Connections()
-    with old_server.use(db, keep=True) as conn:
+    old_server, new_server = connections.Kept(), connections.Kept()
+    with old_server.use(db) as conn:
         push(conn, 'a')
     aside = os.path.join(os.path.dirname(db), 'aside')
     os.mkdir(aside, 0o700)
     for suffix in ('', '-wal', '-shm'):
         os.rename(db + suffix, os.path.join(aside, 'messages.sqlite3' + suffix))
-    with new_server.use(db, keep=True) as conn:   # keeps the new -wal and -shm open
+    with new_server.use(db) as conn:   # keeps the new -wal and -shm open
         push(conn, 'b')
-    with old_server.use(db, keep=True) as conn:
+    with old_server.use(db) as conn:
         push(conn, 'c')
     assert [r['guid'] for r in rows(db)] == ['b', 'c']
     assert [r['guid'] for r in rows(os.path.join(aside, 'messages.sqlite3'))] == ['a']
 
 
 SERVER = r'''
-import sys, time
+import sys
 sys.path.insert(0, sys.argv[1])
+import connections
 import storage
-pause = float(sys.argv[3])
-if pause:   # as the fixture `settled` does
-    storage.FileState.SETTLED = float(sys.argv[4])
-    connect = storage.connect
-    def connect_and_settle(*args, **kwargs):
-        conn = connect(*args, **kwargs)
-        time.sleep(pause)
-        return conn
-    storage.connect = connect_and_settle
-connections = storage.Connections()
+kept = connections.Kept()
 for line in sys.stdin:
     command, _, guid = line.split()[0], None, line.split()[-1]
     if command == 'exit':
         break
     try:
-        with connections.use(sys.argv[2], keep=True) as conn:
+        with kept.use(sys.argv[2]) as conn:
             storage.deliver(conn, dict(guid=guid, phone='1', message='m', charset='utf-8',
                                        raw_query=''))
         print('stored', flush=True)
@@ -393,10 +346,9 @@ for line in sys.stdin:
 class Server(object):
     """A process that keeps its connection between pushes, as a server's does."""
 
-    def __init__(self, db, pause):
+    def __init__(self, db):
         self.proc = subprocess.Popen(
-            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db, repr(pause),
-             repr(storage.FileState.SETTLED)],
+            [sys.executable, '-c', SERVER, os.path.dirname(storage.__file__), db],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
 
     def push(self, guid):
@@ -418,10 +370,10 @@ def guids_seen_by_a_new_process(db):
                                    universal_newlines=True).split()
 
 
-def test_moved_database_stays_whole_when_the_old_server_exits(db, settled):
+def test_moved_database_stays_whole_when_the_old_server_exits(db):
     """A server whose database was moved aside goes on with the new one, and its exit does
     not delete the new database's -wal file (SQLite 3.7.17 closing would, by name)."""
-    old, new = Server(db, settled), Server(db, settled)
+    old, new = Server(db), Server(db)
     try:
         assert old.push('a') == 'stored'
         os.mkdir(os.path.join(os.path.dirname(db), 'aside'), 0o700)
@@ -437,23 +389,23 @@ def test_moved_database_stays_whole_when_the_old_server_exits(db, settled):
     assert guids_seen_by_a_new_process(db) == ['b', 'c', 'd']
 
 
-def test_new_wal_file_made_by_another_process_is_never_deleted(db, settled):
+def test_new_wal_file_made_by_another_process_is_never_deleted(db):
     """-wal and -shm deleted; another process then commits into a new -wal file: the server
     must not close its old connection (that would delete the new file by name and lose the
     push), so it refuses until restarted, and nothing answered 2 afterwards is lost."""
-    server = Server(db, settled)
+    server = Server(db)
     try:
         assert server.push('a') == 'stored'
         os.remove(db + '-wal')
         os.remove(db + '-shm')
-        other = Server(db, settled)
+        other = Server(db)
         assert other.push('c') == 'stored'
-        assert server.push('d').startswith('refused the -wal file of %s was replaced' % db)
+        assert server.push('d').startswith('refused another process made a new -wal file for %s' % db)
         assert other.push('e') == 'stored'
         other.exit()
     finally:
         server.exit()
-    restarted = Server(db, settled)
+    restarted = Server(db)
     try:
         assert restarted.push('f') == 'stored'
     finally:
@@ -464,15 +416,15 @@ def test_new_wal_file_made_by_another_process_is_never_deleted(db, settled):
 def test_database_replaced_during_a_use_fails_it(db):
     """The file replaced (cp and mv) while a push commits in it: an error, never a 2 (SQLite
     3.40 says 'readonly database' itself; 3.7.17 commits into the old file unaware)."""
-    connections = storage.Connections()
-    with connections.use(db, 'delete', keep=True) as conn:
+    kept = connections.Kept()
+    with kept.use(db, 'delete') as conn:
         push(conn, 'a')
     with pytest.raises((storage.StorageError, sqlite3.OperationalError),
                        match='moved, deleted or replaced|readonly database'):
-        with connections.use(db, 'delete', keep=True) as conn:
+        with kept.use(db, 'delete') as conn:
             shutil.copy(db, db + '.tmp')
             os.rename(db + '.tmp', db)
             push(conn, 'b')
-    with connections.use(db, 'delete', keep=True) as conn:
+    with kept.use(db, 'delete') as conn:
         push(conn, 'c')
     assert [r['guid'] for r in rows(db)] == ['a', 'c']

@@ -15,7 +15,8 @@ import pytest
 import forward
 import oracle
 import receiver
-from application import Application, free_port
+import smallserver
+from support import Application, free_port
 from conftest import DONE, RETRY, ROOT, rows
 from test_hook import fetch
 
@@ -159,10 +160,10 @@ def test_forward_happens_once_after_success(forwarding, app, db):
 
 
 def test_forward_500_fails_with_one_log_line(forwarding, app, db):
-    """A 500 answer: row failed with the status and the answer's text in last_error, 503
+    """A 500 answer: row failed with the status and the answer's text in last_error, try again
     <Status>1</Status>, one log line naming status and host, no message text."""
     app.status, app.body = 500, b'Database is down'
-    res = forwarding().get(PUSH, status=503, expect_errors=True)
+    res = forwarding().get(PUSH, status=200, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
     assert 'hook failed: forward to 127.0.0.1:%d: HTTP 500' % app.port in line
@@ -179,7 +180,7 @@ def test_gateway_retry_forwards_again_with_the_same_webhook_id(forwarding, app, 
     but for `deliveries`, a new timestamp and signature, and is answered 2 on success."""
     app.status = 503
     client = forwarding()
-    client.get(PUSH, status=503, expect_errors=True)
+    client.get(PUSH, status=200, expect_errors=True)
     app.status = 204
     time.sleep(1.1)     # a later second: a new timestamp
     assert client.get(PUSH).body == DONE
@@ -198,7 +199,7 @@ def test_forward_redirect_is_not_followed(forwarding, app, db, status):
     """A 3xx is a failure, not followed; the reason names the status and says fix the URL."""
     app.status = status
     app.headers = [('Location', app.url + '/elsewhere?token=abc')]
-    res = forwarding().get(PUSH, status=503, expect_errors=True)
+    res = forwarding().get(PUSH, status=200, expect_errors=True)
     assert len(app.requests) == 1
     assert 'HTTP %d, a redirect: not followed; fix FIBOSMS_FORWARD_URL' % status in res.errors
     assert 'elsewhere' not in res.errors
@@ -209,11 +210,11 @@ def test_forward_redirect_is_not_followed(forwarding, app, db, status):
 
 def test_forward_application_that_hangs_fails_at_the_timeout(make_client, app, db):
     """An application that never answers: the forward gives up at its timeout, the row is
-    failed (its claim released) and the gateway gets 503 well before the hook's 20 s."""
+    failed (its claim released) and the gateway gets try again well before the hook's 20 s."""
     app.hang = 30
     client = make_client(handler=forward.Forwarder(app.url, SECRET, timeout=0.5))
     start = time.monotonic()
-    res = client.get(PUSH, status=503, expect_errors=True)
+    res = client.get(PUSH, status=200, expect_errors=True)
     assert 0.5 <= time.monotonic() - start < 3
     assert 'no answer within 0.5 s' in res.errors
     row = only_row(db)
@@ -225,7 +226,7 @@ def test_forward_answer_that_trickles_is_cut_off_at_the_timeout(make_client, app
     app.trickle = True
     client = make_client(handler=forward.Forwarder(app.url, SECRET, timeout=1.0))
     start = time.monotonic()
-    res = client.get(PUSH, status=503, expect_errors=True)
+    res = client.get(PUSH, status=200, expect_errors=True)
     assert 1.0 <= time.monotonic() - start < 4
     assert 'no answer within 1 s' in res.errors
     assert only_row(db)['state'] == 'failed'
@@ -233,14 +234,14 @@ def test_forward_answer_that_trickles_is_cut_off_at_the_timeout(make_client, app
 
 def test_forward_timeout_is_below_the_hooks():
     """The forward's bound is below the hook's, so a hang is recorded, not left running."""
-    assert 0 < forward.TIMEOUT < receiver.HANDLER_TIMEOUT
+    assert 0 < forward.TIMEOUT < receiver.HOOK_WAIT
 
 
 def test_forward_to_a_refused_port_fails(forwarding, db):
-    """Nothing listening: the row is failed with ConnectionRefusedError, 503 for the gateway."""
+    """Nothing listening: the row is failed with ConnectionRefusedError, try again for the gateway."""
     port = free_port()
     res = forwarding(forward_url='http://127.0.0.1:%d/hook' % port).get(
-        PUSH, status=503, expect_errors=True)
+        PUSH, status=200, expect_errors=True)
     assert 'forward to 127.0.0.1:%d: ConnectionRefusedError' % port in res.errors
     assert only_row(db)['state'] == 'failed'
 
@@ -248,7 +249,7 @@ def test_forward_to_a_refused_port_fails(forwarding, db):
 def test_forward_to_an_unknown_host_fails(forwarding, db):
     """A name that does not resolve (.invalid, RFC 2606) fails the forward."""
     res = forwarding(forward_url='http://fibosms-test.invalid/hook').get(
-        PUSH, status=503, expect_errors=True)
+        PUSH, status=200, expect_errors=True)
     assert 'forward to fibosms-test.invalid: gaierror' in res.errors
     assert only_row(db)['state'] == 'failed'
 
@@ -272,13 +273,13 @@ def test_forward_reads_a_bounded_part_of_a_huge_answer(forwarding, app, db, stat
 def test_forward_https_checks_the_certificate(forwarding, db, tmp_path, monkeypatch):
     """https:// verifies the certificate against the system's store: a self-signed one is
     refused; trusted (SSL_CERT_FILE, OpenSSL's own override of the store), it is accepted."""
-    import servers
-    cert = servers.make_certificate(str(tmp_path))
+    import support
+    cert = support.make_certificate(str(tmp_path))
     tls = Application(cert=cert)
     tls.secret = SECRET
     try:
         client = forwarding(forward_url=tls.url)
-        res = client.get(PUSH, status=503, expect_errors=True)
+        res = client.get(PUSH, status=200, expect_errors=True)
         assert 'forward to 127.0.0.1:%d: SSL' % tls.port in res.errors
         assert 'certificate verify failed' in only_row(db)['last_error']
         assert tls.requests == []
@@ -290,10 +291,11 @@ def test_forward_https_checks_the_certificate(forwarding, db, tmp_path, monkeypa
         tls.stop()
 
 
-def test_delivery_during_a_forward_answers_503_without_a_second_forward(db, app):
-    """While a forward is in flight, another delivery of the guid gets 503 and no request."""
+def test_delivery_during_a_forward_answers_try_again_without_a_second_forward(db, app):
+    """While a forward is in flight, another delivery of the guid gets try again (200,
+    <Status>1</Status>) and no request."""
     app.hang = 10
-    server = receiver.make_server('127.0.0.1', 0, receiver.make_app(
+    server = smallserver.make_server('127.0.0.1', 0, receiver.make_app(
         db=db, forward_url=app.url, forward_secret=SECRET))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -303,7 +305,7 @@ def test_delivery_during_a_forward_answers_503_without_a_second_forward(db, app)
     pusher.start()
     try:
         assert app.arrived.wait(5)
-        assert fetch(base + PUSH) == (503, RETRY)
+        assert fetch(base + PUSH) == (200, RETRY)
         app.release.set()
         pusher.join(15)
         assert first == [(200, DONE)]
@@ -331,10 +333,10 @@ def test_forward_settings_from_the_environment(make_client, app, db, monkeypatch
 
 
 def test_forward_and_handler_together_is_a_configuration_error(forwarding, app, db):
-    """FIBOSMS_FORWARD_URL with FIBOSMS_HANDLER: one log line, 503, the message stored and
+    """FIBOSMS_FORWARD_URL with FIBOSMS_HANDLER: one log line, try again, the message stored and
     failed with the reason, nothing forwarded, no hook run."""
     calls = []
-    res = forwarding(handler=calls.append).get(PUSH, status=503, expect_errors=True)
+    res = forwarding(handler=calls.append).get(PUSH, status=200, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
     assert 'configuration: FIBOSMS_FORWARD_URL and FIBOSMS_HANDLER are both set' in line
@@ -357,9 +359,9 @@ MALFORMED_SECRETS = [
 
 @pytest.mark.parametrize('secret', MALFORMED_SECRETS)
 def test_malformed_secret_is_a_configuration_error(forwarding, app, db, secret):
-    """A secret that is not whsec_ + base64 of 24 to 64 bytes: 503, one log line that names
+    """A secret that is not whsec_ + base64 of 24 to 64 bytes: try again, one log line that names
     the setting but not the secret, the message stored and failed, nothing forwarded."""
-    res = forwarding(forward_secret=secret).get(PUSH, status=503, expect_errors=True)
+    res = forwarding(forward_secret=secret).get(PUSH, status=200, expect_errors=True)
     [line] = res.errors.splitlines()
     assert 'configuration: FIBOSMS_FORWARD_SECRET is not whsec_' in line
     assert app.requests == []
@@ -376,8 +378,8 @@ def test_malformed_secret_is_a_configuration_error(forwarding, app, db, secret):
     'http://127.0.0.1/đ', 'http://[::1/hook', 'http://:8080/hook', 'mailto:shop@example.com',
 ])
 def test_unusable_url_is_a_configuration_error(forwarding, db, url):
-    """A URL that is not http(s)://host/...: 503, one line naming the setting, row failed."""
-    res = forwarding(forward_url=url).get(PUSH, status=503, expect_errors=True)
+    """A URL that is not http(s)://host/...: try again, one line naming the setting, row failed."""
+    res = forwarding(forward_url=url).get(PUSH, status=200, expect_errors=True)
     [line] = res.errors.splitlines()
     assert 'configuration: FIBOSMS_FORWARD_URL' in line
     assert only_row(db)['state'] == 'failed'
@@ -387,7 +389,7 @@ def test_failed_forward_log_has_no_path_query_credentials_or_secret(forwarding, 
     """The log line names host and status only: not the URL's credentials, path or query."""
     app.status = 500
     url = app.url.replace('http://', 'http://shop:hunter2@') + '/private?key=k3y'
-    res = forwarding(forward_url=url).get(PUSH, status=503, expect_errors=True)
+    res = forwarding(forward_url=url).get(PUSH, status=200, expect_errors=True)
     [line] = res.errors.splitlines()
     assert 'forward to 127.0.0.1:%d: HTTP 500' % app.port in line
     for private in ('shop', 'hunter2', 'private', 'k3y', SECRET, SECRET[6:]):
@@ -400,7 +402,7 @@ def test_secret_is_never_stored(forwarding, app, db):
     client = forwarding()
     client.get(PUSH)
     app.status = 500
-    client.get('/?guid=g-2&phone=0912345678&message=x', status=503, expect_errors=True)
+    client.get('/?guid=g-2&phone=0912345678&message=x', status=200, expect_errors=True)
     data = b''
     for name in os.listdir(os.path.dirname(db)):
         with open(os.path.join(os.path.dirname(db), name), 'rb') as f:
@@ -450,7 +452,7 @@ def test_retry_command_forwards_failed_messages(forwarding, app, db):
     app.status = 500
     client = forwarding()
     for guid in ('g-1', 'g-2'):
-        client.get('/?guid=%s&phone=0912345678&message=hi' % guid, status=503,
+        client.get('/?guid=%s&phone=0912345678&message=hi' % guid, status=200,
                    expect_errors=True)
     settings = {'FIBOSMS_FORWARD_URL': app.url, 'FIBOSMS_FORWARD_SECRET': SECRET}
     done = run_retry(db, settings)
@@ -470,7 +472,7 @@ def test_retry_command_forwards_failed_messages(forwarding, app, db):
 def test_retry_command_refuses_forward_and_handler_together(forwarding, app, db):
     """`storage.py retry` with a handler and a forward URL forwards nothing and says why."""
     app.status = 500
-    forwarding().get(PUSH, status=503, expect_errors=True)
+    forwarding().get(PUSH, status=200, expect_errors=True)
     done = run_retry(db, {'FIBOSMS_FORWARD_URL': app.url, 'FIBOSMS_HANDLER': 'json:dumps'})
     assert done.returncode == 1
     assert 'configuration: FIBOSMS_FORWARD_URL and FIBOSMS_HANDLER' in done.stdout.decode()

@@ -11,7 +11,7 @@ import pytest
 
 import forward
 import oracle
-from application import CONSUMER, Application, Consumer
+from support import DEPLOY, Application, Consumer
 from conftest import DONE, RETRY, rows
 
 SECRET = 'whsec_' + base64.b64encode(bytes(range(40, 72))).decode()
@@ -218,7 +218,7 @@ def test_consumer_keeps_its_database_beside_the_web_root_by_default(tmp_path, ma
     www = tmp_path / 'public_html'
     www.mkdir()
     script = str(www / 'consumer.php')
-    shutil.copyfile(CONSUMER, script)
+    shutil.copyfile(os.path.join(DEPLOY, 'consumer.php'), script)
     expected = str(tmp_path / 'fibosms-consumer' / 'consumer.sqlite3')
     server = Consumer(SECRET, expected, str(tmp_path / 'php.log'), script=script,
                       default_db=True)

@@ -1,11 +1,10 @@
-"""Forwarding in real deployments: a push through Apache, with mod_wsgi (the shipped
-deploy/apache-mod_wsgi.conf, its forwarding lines switched on) and with CGI (deploy/cgi/,
-receiver.cgi's FORWARD_ lines set), forwarded to deploy/consumer.php under php -S;
-`python3 receiver.py` run as a CGI process forwarding within its own process; and kill -9 of
-the small server while a forward is in flight."""
+"""Forwarding in real deployments: a push through the shipped mod_wsgi and CGI set-ups, the
+forward set in the data folder's settings.env, to deploy/consumer.php under php -S; store
+first there, with forward.py missing and with an application that hangs; `python3
+receiver.py` run as a CGI process forwarding within its own process; and kill -9 of the small
+server while a forward is in flight."""
 import base64
 import os
-import pwd
 import sqlite3
 import subprocess
 import sys
@@ -16,11 +15,12 @@ import time
 import pytest
 
 import oracle
-import servers
-from application import Application, Consumer, free_port
+import receiver
+import storage
+import support
 from conftest import DONE, RETRY, ROOT, rows
-from servers import PHONE, TOKEN, VIETNAMESE
-from test_reliability_common import Server, push, run_cgi
+from support import PHONE, TOKEN, VIETNAMESE, Application, Consumer, Server, free_port
+from support import push, run_cgi
 
 SECRET = 'whsec_' + base64.b64encode(bytes(range(80, 112))).decode()
 
@@ -42,98 +42,139 @@ def consumer(consumer_folder):
     server.stop()
 
 
-@pytest.fixture(scope='module')
-def site(consumer):
-    """The shipped mod_wsgi site with its forwarding lines on, pointed at the consumer."""
-    ws = servers.Workspace('forward')
-    apache = None
-    try:
-        host = '<Directory %s>\n    Require all granted\n</Directory>\n' % ws.www
-        config = servers.mod_wsgi_config(ws, [
-            ('#SetEnv FIBOSMS_FORWARD_URL https://app.example.com/fibosms/consumer.php',
-             'SetEnv FIBOSMS_FORWARD_URL %s' % consumer.url),
-            ('#SetEnv FIBOSMS_FORWARD_SECRET whsec_change-me',
-             'SetEnv FIBOSMS_FORWARD_SECRET %s' % SECRET),
-        ])
-        apache = servers.Apache(ws, ['wsgi', 'headers', 'reqtimeout'], host + config).start()
-        root = 'https://127.0.0.1:%d/' % apache.port
-        site = servers.Site(base=root + 'fibosms/', db=ws.db, cafile=ws.cert, folder_url=None,
-                            access_log=lambda: ws.log('fibosms_access.log'))
-        site.error_log = lambda: ws.log('fibosms_error.log') + ws.log('error.log')
-        yield site
-    finally:
-        if apache is not None:
-            apache.stop()
-        ws.remove()
+def forwarding(ws, url):
+    """The data folder's settings.env with the forwarding lines of the template switched on."""
+    ws.settings(replace=[
+        ('#FIBOSMS_FORWARD_URL=https://example.com/app/consumer.php',
+         'FIBOSMS_FORWARD_URL=' + url),
+        ('#FIBOSMS_FORWARD_SECRET=whsec_change-me', 'FIBOSMS_FORWARD_SECRET=' + SECRET)])
 
 
-def test_apache_mod_wsgi_push_is_forwarded_to_the_php_consumer(site, consumer):
-    """A Vietnamese push through Apache is answered 2 once consumer.php has handled it."""
+@pytest.fixture(scope='module', params=['mod_wsgi', 'cgi'])
+def site(request, consumer):
+    """A shipped set-up whose settings file forwards to the consumer."""
+    ws = support.Workspace('forward-' + request.param)
+    forwarding(ws, consumer.url)
+    front = support.start(request.param, ws)
+    yield front
+    front.stop()
+
+
+def test_push_is_forwarded_to_the_php_consumer(site, consumer):
+    """A Vietnamese push is answered 2 once consumer.php has handled it; no log holds it."""
     guid, response = site.push()
-    assert (response.status, response.body) == (200, DONE), (response, site.error_log(),
+    assert (response.status, response.body) == (200, DONE), (response, site.logs(),
                                                              consumer.log())
     assert (guid, PHONE, VIETNAMESE) in [row[:3] for row in consumer.rows('sms')]
-    [row] = servers.stored(site.db, guid)
+    [row] = support.stored(site.db, guid)
     assert (row['state'], row['hook_runs']) == ('processed', 1)
+    assert guid not in ''.join(site.logs().values())
 
 
-def test_apache_mod_wsgi_consumer_down_answers_1_then_retry_forwards(site, consumer,
-                                                                      consumer_folder):
-    """With the application down the push gets 1 and one log line naming host and error;
-    once it is back, the gateway's retry is forwarded and answered 2."""
+def test_consumer_down_answers_try_again_then_the_retry_forwards(site, consumer,
+                                                                 consumer_folder):
+    """With the application down the push gets 200 <Status>1</Status> and one log line
+    naming host and error (in receiver.log too); once it is back, the gateway's retry is
+    forwarded and answered 2."""
     consumer.stop()
     try:
         guid, response = site.push(message='down')
-        assert (response.status, response.body) == (503, RETRY), response
+        assert (response.status, response.body) == (200, RETRY), response
     finally:
         consumer.__init__(SECRET, consumer.db, os.path.join(consumer_folder, 'php2.log'),
                           port=consumer.port)
-    [row] = servers.stored(site.db, guid)
+    [row] = support.stored(site.db, guid)
     assert row['state'] == 'failed'
-    lines = [line for line in site.error_log().splitlines() if guid in line]
-    assert len(lines) == 1, site.error_log()
+    lines = [line for line in site.ws.receiver_log().splitlines() if guid in line]
+    assert len(lines) == 1, site.ws.receiver_log()
     assert 'forward to 127.0.0.1:%d: ConnectionRefusedError' % consumer.port in lines[0]
-    for private in ('down', PHONE, SECRET[6:], TOKEN):
-        assert private not in site.error_log()
+    for name, text in site.logs().items():
+        for private in ('down', PHONE, SECRET[6:], TOKEN):
+            assert private not in text, (name, private)
     _, response = site.push(message='down', guid=guid)
     assert (response.status, response.body) == (200, DONE), response
     assert guid in [row[0] for row in consumer.rows('sms')]
 
 
-@pytest.fixture(scope='module')
-def shared_host(consumer):
-    """deploy/cgi/ on Apache with mod_cgid, receiver.cgi's FORWARD_ lines set to the consumer."""
-    from test_deploy_apache_cgi import HOST_CONFIG, upload
-    ws = servers.Workspace('forward-cgi')
-    apache = None
+# -- Store first, on the real set-ups ---------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['cgi', 'mod_wsgi', 'passenger'])
+def test_forward_set_with_only_receiver_and_storage_uploaded_still_stores(name, consumer):
+    """Only receiver.py and storage.py uploaded (the two files older README steps listed),
+    forwarding set: every push is stored, marked failed with the reason, answered try again,
+    and receiver.log tells the owner to upload forward.py; once it is there, the gateway's
+    retry forwards the stored message and gets 2."""
+    ws = support.Workspace('only-two-' + name)
+    for module in support.CODE:
+        if module not in ('receiver.py', 'storage.py'):
+            os.remove(os.path.join(ws.app, module))
+    forwarding(ws, consumer.url)
+    front = support.start(name, ws)
     try:
-        folder = upload(ws, ws.www, pwd.getpwnam(ws.user))
-        ws.write(os.path.join(folder, 'receiver.cgi'), servers.cgi_script(ws.app, ws.db, [
-            ('FORWARD_URL = None', 'FORWARD_URL = %r' % consumer.url),
-            ('FORWARD_SECRET = None', 'FORWARD_SECRET = %r' % SECRET),
-        ]), mode=0o755)
-        apache = servers.Apache(ws, ['cgid'], HOST_CONFIG.format(run=ws.run, www=ws.www))
-        apache.start()
-        root = 'http://127.0.0.1:%d/fibosms/' % apache.port
-        site = servers.Site(base=root + 'receiver.cgi/', db=ws.db, folder_url=None,
-                            access_log=lambda: ws.log('error.log'))
-        site.error_log = lambda: ws.log('error.log')
-        yield site
+        guid, response = front.push()
+        assert (response.status, response.body) == (200, RETRY), response
+        [row] = support.stored(front.db, guid)
+        assert row['state'] == 'failed' and row['message'] == VIETNAMESE
+        assert ("hooks.py" in row['last_error'] or 'forward.py' in row['last_error'])
+        log = ''.join(front.logs().values())    # the server's error log: no ownerlog.py
+        assert 'hooks.py is not beside receiver.py: upload it' in log, log
+        for module in support.CODE:
+            ws.copy(os.path.join(support.ROOT, module), os.path.join(ws.app, module), 0o644)
+        if name == 'passenger':
+            os.makedirs(os.path.join(ws.app, 'tmp'), exist_ok=True)
+            open(os.path.join(ws.app, 'tmp', 'restart.txt'), 'w').close()
+        elif name == 'mod_wsgi':
+            later = time.time() + 5
+            os.utime(os.path.join(ws.app, 'receiver.py'), (later, later))
+        deadline = time.monotonic() + 20
+        while True:
+            _, response = front.push(guid=guid)
+            if response.body == DONE or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert response.body == DONE, (response, ws.receiver_log())
+        assert support.stored(front.db, guid)[0]['state'] == 'processed'
+        assert guid in [row[0] for row in consumer.rows('sms')]
     finally:
-        if apache is not None:
-            apache.stop()
-        ws.remove()
+        front.stop()
 
 
-def test_apache_cgi_push_is_forwarded_to_the_php_consumer(shared_host, consumer):
-    """A push to the shared-hosting set-up, with forwarding set in receiver.cgi, reaches
-    consumer.php before it is answered 2; the error log holds nothing."""
-    guid, response = shared_host.push()
-    assert (response.status, response.body) == (200, DONE), (response,
-                                                             shared_host.error_log())
-    assert (guid, PHONE, VIETNAMESE) in [row[:3] for row in consumer.rows('sms')]
-    assert servers.stored(shared_host.db, guid)[0]['state'] == 'processed'
-    assert guid not in shared_host.error_log()
+@pytest.mark.parametrize('name', ['small_server', 'mod_wsgi'])
+def test_a_hung_application_never_keeps_pushes_from_being_stored(name):
+    """The application accepts connections and never answers; 40 pushes at once: every one
+    is a row within a few seconds. At most storage.MAX_HOOKS wait for their forward (their
+    claims live); the others are stored failed ('hooks were running') and answered try
+    again at once, so no worker is held by more than MAX_HOOKS hung forwards."""
+    app = Application()
+    app.hang = 60
+    ws = support.Workspace('hung-' + name)
+    forwarding(ws, app.url)
+    front = support.start(name, ws)
+    answers = []
+    try:
+        guids = [support.new_guid() for _ in range(40)]
+        threads = [threading.Thread(target=lambda g=g: answers.append(front.push(guid=g)))
+                   for g in guids]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        deadline = began + 8
+        while len(rows(front.db)) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stored_in = time.monotonic() - began
+        assert len(rows(front.db)) == 40, (len(rows(front.db)), ws.receiver_log()[-2000:])
+        assert stored_in < 8
+        states = [row['state'] for row in rows(front.db)]
+        assert states.count('processing') <= storage.MAX_HOOKS, states
+        assert 'hook not started: %d hooks were running' % storage.MAX_HOOKS in (
+            ws.receiver_log())
+    finally:
+        app.release.set()
+        for thread in threads:
+            thread.join(60)
+        app.stop()
+        front.stop()
+    assert len(answers) == 40 and all(a[1].body in (DONE, RETRY) for a in answers)
 
 
 # -- receiver.py as a CGI process -------------------------------------------------------------
@@ -156,21 +197,20 @@ def test_cgi_push_is_forwarded_within_its_process(db, tmp_path):
 
 
 def test_cgi_push_with_the_application_down_answers_1(db):
-    """A CGI push whose forward is refused answers 503 <Status>1</Status>, one log line."""
+    """A CGI push whose forward is refused answers 200 <Status>1</Status>, one log line."""
     port = free_port()
     status, body, err = run_cgi(db, 'guid=g-1&phone=0912345678&message=hi',
                                 extra={'FIBOSMS_FORWARD_URL': 'http://127.0.0.1:%d/' % port})
-    assert (status, body) == (503, RETRY)
-    assert err.splitlines() == ["fibosms-receiver: 503 hook failed: forward to 127.0.0.1:%d:"
-                                " ConnectionRefusedError (guid 'g-1')" % port]
+    assert (status, body) == (200, RETRY)
+    assert err.splitlines() == ["fibosms-receiver: answered 1 (HTTP 200): hook failed: forward"
+                                " to 127.0.0.1:%d: ConnectionRefusedError (guid 'g-1')" % port]
     assert rows(db)[0]['state'] == 'failed'
 
 
 def test_cgi_push_to_a_hung_application_answers_1_at_the_forward_timeout(db):
-    """An application that never answers: the CGI push gets 503 <Status>1</Status> after
+    """An application that never answers: the CGI push gets 200 <Status>1</Status> after
     forward.TIMEOUT, before the hook's 20 s, and the row is failed, its claim released."""
     import forward
-    import receiver
     app = Application()
     app.hang = 60
     try:
@@ -181,8 +221,8 @@ def test_cgi_push_to_a_hung_application_answers_1_at_the_forward_timeout(db):
         elapsed = time.monotonic() - start
     finally:
         app.stop()
-    assert (code, body) == (503, RETRY)
-    assert forward.TIMEOUT <= elapsed < receiver.HANDLER_TIMEOUT
+    assert (code, body) == (200, RETRY)
+    assert forward.TIMEOUT <= elapsed < receiver.HOOK_WAIT
     assert 'no answer within %g s' % forward.TIMEOUT in err
     [row] = rows(db)
     assert (row['state'], row['claimed_until']) == ('failed', None)
@@ -236,7 +276,7 @@ def test_kill_9_during_a_forward_then_the_gateway_retry_forwards_again(db, tmp_p
         env = {'FIBOSMS_FORWARD_URL': app.url, 'FIBOSMS_FORWARD_SECRET': SECRET}
         with Server(db, str(tmp_path / 'server2.log'), env) as server:
             query = 'message=kill+test&phone=0912345678&guid=g-kill'
-            assert push(server.port, query) == (503, RETRY)
+            assert push(server.port, query) == (200, RETRY)
             assert len(app.requests) == 1
             expire_claim(db, 'g-kill')
             assert push(server.port, query) == (200, DONE)

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 import receiver
+import smallserver
 import storage
 from conftest import DONE, RETRY, ROOT, rows
 
@@ -115,7 +116,7 @@ def test_hook_gets_the_stored_row(make_client):
 
 def test_hook_failure_records_the_traceback(make_client, db):
     """A hook that raises leaves state 'failed' and its traceback in last_error."""
-    make_client(handler=Hook(failing=True)).get(PUSH, status=503, expect_errors=True)
+    make_client(handler=Hook(failing=True)).get(PUSH, status=200, expect_errors=True)
     [row] = rows(db)
     assert (row['state'], row['hook_runs'], row['claimed_until']) == ('failed', 1, None)
     assert row['last_error'].startswith('Traceback (most recent call last)')
@@ -123,9 +124,9 @@ def test_hook_failure_records_the_traceback(make_client, db):
     assert row['processed_at'] is None
 
 
-def test_hook_failure_answers_503_with_status_1(make_client):
-    """A hook that raises makes the push answer 503 <Status>1</Status> with one log line."""
-    res = make_client(handler=Hook(failing=True)).get(PUSH, status=503, expect_errors=True)
+def test_hook_failure_answers_try_again_with_status_1(make_client):
+    """A hook that raises makes the push answer 200 <Status>1</Status> with one log line."""
+    res = make_client(handler=Hook(failing=True)).get(PUSH, status=200, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
     assert 'hook failed: ValueError' in line and "'g-1'" in line
@@ -137,7 +138,7 @@ def test_hook_calling_sys_exit_is_recorded_as_failed(make_client, db):
     def hook(message):
         sys.exit(3)
 
-    res = make_client(handler=hook).get(PUSH, status=503, expect_errors=True)
+    res = make_client(handler=hook).get(PUSH, status=200, expect_errors=True)
     assert res.body == RETRY
     assert 'still running' not in res.errors
     [row] = rows(db)
@@ -149,7 +150,7 @@ def test_gateway_retry_runs_a_failed_hook_again(make_client, db):
     """After a failure, the gateway's next delivery runs the hook again and gets 2."""
     hook = Hook(failing=True)
     client = make_client(handler=hook)
-    client.get(PUSH, status=503, expect_errors=True)
+    client.get(PUSH, status=200, expect_errors=True)
     hook.failing = False
     assert client.get(PUSH).body == DONE
     assert hook.calls == ['g-1', 'g-1']
@@ -184,7 +185,7 @@ def served():
     servers = []
 
     def serve(app):
-        server = receiver.make_server('127.0.0.1', 0, app)
+        server = smallserver.make_server('127.0.0.1', 0, app)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -208,15 +209,16 @@ def fetch(url):
 
 
 def test_hook_never_runs_twice_at_once(served, db):
-    """While the hook runs for a guid, a second delivery of it answers 503 without a call."""
+    """While the hook runs for a guid, a second delivery of it answers try again (HTTP 200,
+    <Status>1</Status>) without a call."""
     hook = Hook(blocking=True)
-    base = served(receiver.make_app(db=db, handler=hook, handler_timeout=10))
+    base = served(receiver.make_app(db=db, handler=hook))
     first = []
     thread = threading.Thread(target=lambda: first.append(fetch(base + PUSH)))
     thread.start()
     try:
         assert hook.started.wait(5)
-        assert fetch(base + PUSH) == (503, RETRY)
+        assert fetch(base + PUSH) == (200, RETRY)
     finally:
         hook.release.set()
         thread.join(15)
@@ -238,25 +240,28 @@ def set_claim(db, guid, claimed_until):
 @pytest.mark.parametrize('offset, status, calls', [
     (-1.0, 200, ['g-1']),           # expired: the crashed process's claim is taken over
     (-storage.CLAIM_SECONDS, 200, ['g-1']),
-    (+60.0, 503, []),               # live: the hook may be running elsewhere
+    (+60.0, 'busy', []),            # live: the hook may be running elsewhere
 ])
 def test_claim_expires(client, make_client, db, offset, status, calls):
     """A claim left behind is taken over once claimed_until has passed, and not before."""
     client.get(PUSH)
     set_claim(db, 'g-1', time.time() + offset)
     hook = Hook()
-    res = make_client(handler=hook).get(PUSH, status=status, expect_errors=True)
-    assert res.body == (DONE if status == 200 else RETRY)
+    res = make_client(handler=hook).get(PUSH, expect_errors=True)
+    assert res.status_int == 200 and res.body == (RETRY if status == 'busy' else DONE)
     assert hook.calls == calls
 
 
-def test_hanging_hook_answers_503_in_time_and_keeps_its_claim(make_client, db):
-    """A hook running past handler_timeout gets 503 soon after it; the claim stays live."""
+def test_hanging_hook_answers_try_again_in_time_and_keeps_its_claim(make_client, db,
+                                                                   monkeypatch):
+    """A hook running past receiver.HOOK_WAIT gets try again soon after it; the claim stays
+    live."""
+    monkeypatch.setattr(receiver, 'HOOK_WAIT', 0.3)
     hook = Hook(blocking=True)
-    client = make_client(handler=hook, handler_timeout=0.3)
+    client = make_client(handler=hook)
     try:
         start = time.monotonic()
-        res = client.get(PUSH, status=503, expect_errors=True)
+        res = client.get(PUSH, status=200, expect_errors=True)
         elapsed = time.monotonic() - start
         assert res.body == RETRY
         assert 'still running' in res.errors
@@ -264,7 +269,7 @@ def test_hanging_hook_answers_503_in_time_and_keeps_its_claim(make_client, db):
         [row] = rows(db)
         assert row['state'] == 'processing'
         assert row['claimed_until'] > time.time() + storage.CLAIM_SECONDS - 60
-        assert client.get(PUSH, status=503, expect_errors=True).body == RETRY
+        assert client.get(PUSH, status=200, expect_errors=True).body == RETRY
     finally:
         hook.release.set()
     row = wait_for_state(db, 'g-1', 'processed')
@@ -297,13 +302,13 @@ def test_handler_from_environment(make_client, db, tmp_path, hook_module, monkey
     ('handle = 42\n', '{name}:handle'),
     ('def handle(message):\n    pass\n', '{name}.handle'),
 ])
-def test_hook_that_will_not_load_answers_503_and_keeps_the_message(make_client, db,
-                                                                    hook_module, source, spec):
-    """A FIBOSMS_HANDLER that cannot be loaded answers 503 <Status>1</Status> with one log
+def test_hook_that_will_not_load_answers_try_again_and_keeps_the_message(
+        make_client, db, hook_module, source, spec):
+    """A FIBOSMS_HANDLER that cannot be loaded answers 200 <Status>1</Status> with one log
     line, and the message is stored all the same, marked failed with the reason."""
     name = hook_module(source) if source else None
     client = make_client(extra_environ={'FIBOSMS_HANDLER': spec.format(name=name)})
-    res = client.get(PUSH, status=503, expect_errors=True)
+    res = client.get(PUSH, status=200, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
     assert 'hook failed' in line
@@ -326,7 +331,7 @@ def fail_twice(make_client):
     """Store g-1 and g-2 with a hook that fails for both."""
     client = make_client(handler=Hook(failing=True))
     for guid in ('g-1', 'g-2'):
-        client.get('/?guid=%s&phone=0912345678&message=FAIL' % guid, status=503,
+        client.get('/?guid=%s&phone=0912345678&message=FAIL' % guid, status=200,
                    expect_errors=True)
 
 

@@ -20,6 +20,7 @@ import urllib.request
 
 import pytest
 
+import commands
 import storage
 from conftest import DONE, ROOT, rows
 
@@ -53,7 +54,7 @@ def store(db, guid, message='hello', phone='0912345678', age=0.0, state='process
         storage.deliver(conn, {'guid': guid, 'phone': phone, 'message': message,
                                'charset': 'utf-8', 'raw_query': 'guid=' + guid})
         stamp = storage.utc_iso(time.time() - age)
-        with storage.transaction(conn):
+        with storage.Transaction(conn):
             conn.execute('UPDATE messages SET received_at = ?, last_delivery_at = ?,'
                          ' state = ?, claimed_until = ? WHERE guid = ?',
                          (stamp, stamp, state, claimed_until, guid))
@@ -139,10 +140,10 @@ def prefill(db, count):
     conn = storage.connect(db)
     stamp = storage.utc_iso(time.time() - 30 * DAY)
     try:
-        with storage.transaction(conn):
+        with storage.Transaction(conn):
             conn.executemany(storage.INSERT_MESSAGE, (
                 ('old-%d' % n, '0912345678', '84912345678', 'x' * 500, 'utf-8', '', '{}',
-                 '127.0.0.1', stamp, stamp, 'processed', None, stamp)
+                 '127.0.0.1', stamp, stamp, 'processed', None, None, stamp)
                 for n in range(count)))
     finally:
         conn.close()
@@ -407,10 +408,10 @@ def test_purge_leaves_no_trace_of_the_text_in_the_files(db):
 
 def test_purge_batches_delete_everything_due(db):
     """More messages than one batch are all deleted, and counted."""
-    prefill(db, storage.BATCH * 2 + 3)
+    prefill(db, commands.BATCH * 2 + 3)
     code, out, err = cli(db, 'purge', '--older-than', '7')
     assert code == 0, err
-    assert out.decode().startswith('deleted %d messages' % (storage.BATCH * 2 + 3))
+    assert out.decode().startswith('deleted %d messages' % (commands.BATCH * 2 + 3))
     assert rows(db) == []
 
 
@@ -470,7 +471,7 @@ def test_export_since_refuses_what_is_not_a_time(dated, since):
 @pytest.mark.parametrize('fmt', ['csv', 'jsonl'])
 def test_export_reads_in_batches_and_writes_each_message_once(db, fmt):
     """More messages than one read's batch are all exported, once each, in the order stored."""
-    prefill(db, storage.BATCH * 2 + 3)
+    prefill(db, commands.BATCH * 2 + 3)
     code, out, err = cli(db, 'export', '--format', fmt)
     assert code == 0, err
     text = out.decode('utf-8')
@@ -478,7 +479,7 @@ def test_export_reads_in_batches_and_writes_each_message_once(db, fmt):
         got = [r['guid'] for r in csv.DictReader(io.StringIO(text, newline=''))]
     else:
         got = [json.loads(line)['guid'] for line in text.splitlines()]
-    assert got == guids(db) and len(got) == storage.BATCH * 2 + 3
+    assert got == guids(db) and len(got) == commands.BATCH * 2 + 3
 
 
 FORMULAS = [
@@ -732,7 +733,7 @@ def test_list_escapes_control_characters(hostile):
     assert_terminal_safe(text)
     [line] = text.splitlines()[1:]
     fields = line.split('\t')
-    assert len(fields) == len(storage.LIST_COLUMNS)
+    assert len(fields) == len(commands.LIST_COLUMNS)
     assert fields[1] == 'g' + HOSTILE_SHOWN
     assert fields[2] == '\\x1b[8m0912'
     assert fields[5] == HOSTILE_SHOWN

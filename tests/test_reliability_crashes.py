@@ -12,8 +12,7 @@ import threading
 import time
 
 from conftest import DONE, RETRY
-from test_reliability_common import (  # noqa: F401  (figures: a fixture)
-    Server, cgi_answer, deliveries, figures, integrity, push, run_cgi, start_cgi)
+from support import Server, cgi_answer, deliveries, integrity, push, run_cgi, start_cgi
 from test_reliability_storms import apache_mod_wsgi  # noqa: F401  (a fixture)
 
 SERVER_KILLS = 8            # rounds of load, each ended by kill -9 of the server

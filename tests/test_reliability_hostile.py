@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 import receiver
 from conftest import DONE, RETRY
-from test_reliability_common import Server, figures  # noqa: F401
+from post import FORM_TYPE
+from support import Server
 
 EXAMPLES = 150              # hypothesis examples per property
-CODES = {200, 400, 403, 405, 413, 414, 415}     # 503 means storage failed: not expected here
+CODES = {200, 400, 403, 405, 413, 414, 415}
 HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -115,7 +116,8 @@ def test_any_query_bytes_get_a_status_document_and_no_row_unless_2(client, db, f
 @example(pieces=[b'message=%u0041%uD800%zz%'], guid='g', order=None)
 def test_any_parameters_are_stored_byte_for_byte_or_refused(client, db, figures, pieces,
                                                             guid, order):
-    """Arbitrary name=value bytes beside a guid and phone: stored byte for byte, or 400."""
+    """Arbitrary name=value bytes beside a guid and phone: stored byte for byte (but a token
+    parameter), or 400."""
     pieces = pieces + [b'guid=' + quote(guid).encode('ascii'), b'phone=0912345678']
     if order is not None:
         order.shuffle(pieces)
@@ -129,7 +131,9 @@ def test_any_parameters_are_stored_byte_for_byte_or_refused(client, db, figures,
             raw, = conn.execute('SELECT raw_query FROM messages ORDER BY id DESC').fetchone()
         finally:
             conn.close()
-        assert raw.encode('latin-1') == b'&'.join(p for p in pieces if p)
+        kept = [p for p in pieces if p and receiver.as_bytes(receiver.unescape(
+            p.partition(b'=')[0])) != b'token']      # a token parameter is never stored
+        assert raw.encode('latin-1') == b'&'.join(kept)
 
 
 @HYPOTHESIS
@@ -286,7 +290,7 @@ class EndlessBody(object):
 def test_endless_chunked_body_is_413_after_reading_just_over_the_limit(client, db, figures):
     """A body without a length that never ends is cut off at 16 KiB + 1 and refused 413."""
     body = EndlessBody()
-    environ = environ_for('POST', query=b'guid=e&phone=1', content_type=receiver.FORM_TYPE)
+    environ = environ_for('POST', query=b'guid=e&phone=1', content_type=FORM_TYPE)
     environ.update({'wsgi.input': body, 'wsgi.input_terminated': True})
     tracemalloc.start()
     try:
@@ -302,7 +306,7 @@ def test_endless_chunked_body_is_413_after_reading_just_over_the_limit(client, d
 def test_huge_declared_length_is_413_without_reading(client, db, figures):
     """Content-Length: 10**12 is refused 413 before a byte of the body is read."""
     body = EndlessBody()
-    environ = environ_for('POST', query=b'guid=d&phone=1', content_type=receiver.FORM_TYPE)
+    environ = environ_for('POST', query=b'guid=d&phone=1', content_type=FORM_TYPE)
     environ.update({'wsgi.input': body, 'CONTENT_LENGTH': str(10 ** 12)})
     res = send(client, environ, figures)
     check_answer(res, (0, 0), totals(db), {413})
@@ -401,7 +405,7 @@ def test_threaded_server_answers_any_bytes_with_a_status_document_and_never_500(
     assert status != 500
     assert body in (DONE, RETRY), (status, head, body)
     if status is not None:
-        assert (body == DONE) == (status == 200), (status, head, body)
+        assert body != DONE or status == 200, (status, head, body)
     assert 'Traceback' not in server.log()
 
 
@@ -442,5 +446,5 @@ def test_threaded_server_refuses_a_huge_body_in_bounded_memory(server, figures):
     figures['hostile_inputs'] += 1
     if answer:                      # a reset may swallow the answer; the log has it then
         assert parse_answer(answer)[::2] == (413, RETRY)
-    assert '413 body of 1000000000000 bytes' in server.log()
+    assert 'answered 1 (HTTP 413): body of 1000000000000 bytes' in server.log()
     assert vm_peak_kib(server.process.pid) - before < 8 * 1024

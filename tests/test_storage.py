@@ -327,18 +327,19 @@ def test_sidecar_files_are_0600(db, journal, sidecars):
 
 # -- The default path -------------------------------------------------------------------------
 
-def test_default_path_is_in_home(tmp_path):
-    """storage.default_path() follows $HOME to ~/.fibosms/messages.sqlite3."""
+def test_default_database_is_in_the_home_data_folder(tmp_path):
+    """With no setting, the database is $HOME/fibosms-data/messages.sqlite3, beside the
+    settings file."""
     home = tmp_path / 'home'
     home.mkdir()
     out = subprocess.run(
-        [sys.executable, '-c', 'import storage; print(storage.default_path())'],
+        [sys.executable, '-c', 'import receiver; print(receiver.read_settings()["FIBOSMS_DB"])'],
         cwd=ROOT, env=clean_env(HOME=str(home)), stdout=subprocess.PIPE, check=True)
-    assert out.stdout.decode().strip() == str(home / '.fibosms' / 'messages.sqlite3')
+    assert out.stdout.decode().strip() == str(home / 'fibosms-data' / 'messages.sqlite3')
 
 
 def test_cgi_push_without_setting_goes_to_home(tmp_path):
-    """A CGI push with no FIBOSMS_DB is stored under $HOME/.fibosms and nothing in the cwd."""
+    """A CGI push with no setting is stored under $HOME/fibosms-data and nothing in the cwd."""
     home, cwd = tmp_path / 'home', tmp_path / 'www'
     home.mkdir()
     cwd.mkdir()
@@ -349,7 +350,7 @@ def test_cgi_push_without_setting_goes_to_home(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'receiver.py')], cwd=str(cwd),
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
     assert out.stdout.endswith(DONE), out.stderr
-    db = str(home / '.fibosms' / 'messages.sqlite3')
+    db = str(home / 'fibosms-data' / 'messages.sqlite3')
     assert [r['guid'] for r in rows(db)] == ['g-home']
     assert os.listdir(str(cwd)) == []
 

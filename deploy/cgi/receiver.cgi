@@ -10,31 +10,19 @@ Upload this file and the .htaccess beside it to a folder of its own under public
 public_html/fibosms/; the page's URL is then https://example.com/fibosms/receiver.cgi/SECRET.
 The file must be mode 755 and have Unix (LF) line endings, or the server answers 500.
 
-receiver.py and storage.py (and forward.py, to forward) go OUTSIDE public_html (CODE_DIR),
-and so does the database (DB): nothing there can be downloaded.
-
-The settings are written here, not in SetEnv or the environment: most shared hosts run CGI
-under suEXEC, which hands the script a fixed list of variables and drops all others.
+The receiver's .py files go OUTSIDE public_html (CODE_DIR). So do the settings, the secret
+among them: ~/fibosms-data/settings.env (deploy/settings.env shows it), beside the database
+and the receiver's log. This file holds no secret.
 """
 import os
 import sys
 
-# CHANGE: the folder you uploaded receiver.py and storage.py to, outside public_html.
+# CHANGE: the folder you uploaded receiver.py and the other .py files to, outside public_html.
 CODE_DIR = os.path.expanduser('~/fibosms')
-# CHANGE: the database file, outside public_html; its folder is created, mode 700.
-DB = os.path.expanduser('~/fibosms-data/messages.sqlite3')
-# CHANGE: a long random secret: the last part of the URL you register.
-TOKEN = 'change-me-to-a-long-random-secret'
-# Optional: only these addresses may call, comma-separated (FiboSMS's, if they give you them).
-ALLOW = None
-# Optional: POST each message to your application, signed (README, "Forward to your
-# application"), e.g. 'https://example.com/app/consumer.php'; upload forward.py too.
-FORWARD_URL = None
-# And its signing secret, 'whsec_...' (README gives the command that makes one).
-FORWARD_SECRET = None
+# The settings file, if not ~/fibosms-data/settings.env (its folder then holds the data).
+CONFIG = None
 
 sys.path.insert(0, CODE_DIR)
 import receiver  # noqa: E402  (found through CODE_DIR)
 
-receiver.serve_cgi(receiver.make_app(db=DB, token=TOKEN, allow=ALLOW, forward_url=FORWARD_URL,
-                                     forward_secret=FORWARD_SECRET))
+receiver.serve_cgi(receiver.make_app(config=CONFIG))
