@@ -278,8 +278,9 @@ def test_attack_front_plain_http_to_tls_port_gets_status(fronts, name):
 
 @pytest.mark.parametrize('name', PROXIES)
 def test_attack_front_receiver_down_answers_status(fronts, name):
-    """With the receiver stopped, a push gets 502/503 as a Status document; the front end's
-    logs hold neither secret nor push; the receiver back, the gateway's resend is stored."""
+    """With the receiver stopped, a push gets a Status document, 200 from nginx (try again),
+    503 from Apache, which can give its own refusals no other code; the front end's logs hold
+    neither secret nor push; the receiver back, the gateway's resend is stored."""
     front = fronts(name)
     phone, word, guid = new_phone(), marker(), support.new_guid()
     target = push_target(front.page, phone, 'Xin chào %s' % word, guid)
@@ -288,7 +289,7 @@ def test_attack_front_receiver_down_answers_status(fronts, name):
     try:
         for _ in range(3):
             response = exchange(front, request_bytes(target))
-            assert_status_document(response, codes=[502, 503, 504])
+            assert_status_document(response, codes=[200] if name == 'nginx' else [503])
     finally:
         front.receiver = support.Receiver(front.ws, port=port).start()
         front.servers[0] = front.receiver
@@ -313,7 +314,7 @@ def test_attack_front_receiver_hung_answers_status(fronts, name):
         waited = time.monotonic() - started
     finally:
         front.receiver.process.send_signal(signal.SIGCONT)
-    assert_status_document(response, codes=[502, 503, 504])
+    assert_status_document(response, codes=[200] if name == 'nginx' else [502, 503, 504])
     assert 25 < waited < 45, waited
     # Woken, the receiver may still store the push it had accepted: the gateway's resend is
     # then answered 2 and leaves one row.
