@@ -572,25 +572,8 @@ def main(argv=None):
     named, args.db = args.db, os.path.abspath(args.db or args.settings['FIBOSMS_DB'])
     args.expected_journal = (args.settings.get('FIBOSMS_JOURNAL')
                              or storage.choose_journal(args.db))
-    try:
-        if not os.path.exists(args.db):
-            raise storage.StorageError('no database at %s%s' % (args.db, '' if named or os.geteuid()
-                                       else ' (as root: run this as the user the receiver runs'
-                                       ' as, e.g. sudo -u fibosms python3 %s ...)' % sys.argv[0]))
-        owner = os.stat(os.path.dirname(args.db)).st_uid
-        if owner != os.geteuid():   # root, say: files it made there would lock the receiver out
-            raise storage.StorageError('the data belongs to uid %d (%s): run this as that user,'
-                                       ' e.g. sudo -u %s python3 %s ...' % (
-                                           owner, user_name(owner), user_name(owner),
-                                           sys.argv[0]))
-        # Keep the file in the journal mode it is in: the command line inspects, it does not
-        # convert (and `check` could otherwise never see a database in the wrong mode).
-        conn = sqlite3.connect(args.db, timeout=storage.BUSY_TIMEOUT)
-        try:
-            args.journal = conn.execute('PRAGMA journal_mode').fetchone()[0]
-        finally:
-            conn.close()
-        conn = storage.connect(args.db, journal=args.journal, create=False, check=False)
+    try:    # the log needs no database: it may tell why there is none
+        conn = None if args.command == 'log' else open_database(args, named)
     except (storage.StorageError, sqlite3.Error, OSError) as exc:
         print('storage.py: %s: %s' % (args.db, exc), file=sys.stderr)
         return 1
@@ -604,7 +587,30 @@ def main(argv=None):
         sys.stdout.flush()
         sys.stdout.detach()  # leaves the real standard output open
         sys.stdout = stdout
+        if conn is not None:
+            conn.close()
+
+
+def open_database(args, named):
+    """A connection to the database the commands work on, refused where it is not there or
+    not this user's (root, say: a file it made there would lock the receiver out)."""
+    if not os.path.exists(args.db):
+        raise storage.StorageError('no database at %s%s' % (args.db, '' if named or os.geteuid()
+                                   else ' (as root: run this as the user the receiver runs as,'
+                                   ' e.g. sudo -u fibosms python3 %s ...)' % sys.argv[0]))
+    owner = os.stat(os.path.dirname(args.db)).st_uid
+    if owner != os.geteuid():
+        raise storage.StorageError('the data belongs to uid %d (%s): run this as that user,'
+                                   ' e.g. sudo -u %s python3 %s ...' % (
+                                       owner, user_name(owner), user_name(owner), sys.argv[0]))
+    # Keep the file in the journal mode it is in: the commands inspect, they do not convert
+    # (and check could otherwise never see a database in the wrong mode).
+    conn = sqlite3.connect(args.db, timeout=storage.BUSY_TIMEOUT)
+    try:
+        args.journal = conn.execute('PRAGMA journal_mode').fetchone()[0]
+    finally:
         conn.close()
+    return storage.connect(args.db, journal=args.journal, create=False, check=False)
 
 
 def user_name(uid):

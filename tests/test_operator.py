@@ -22,7 +22,8 @@ import pytest
 
 import commands
 import storage
-from conftest import DONE, ROOT, rows
+import support
+from conftest import DONE, ROOT, rows, write_settings
 
 DAY = 86400.0
 MARKER = 'Số nhà 12 Nguyễn Huệ, private'
@@ -794,3 +795,110 @@ def read_all(fd):
             break
         data += chunk
     return data
+
+
+# -- One settings file: the commands find what the receiver uses -----------------------------
+
+def home_cli(home, *args, **env):
+    """`python3 storage.py ARGS...` with no --db, HOME=`home`: as the receiver's user would."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'storage.py')] + list(args),
+                          env=clean_env(HOME=str(home), **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    return done.returncode, done.stdout.decode('utf-8'), done.stderr.decode('utf-8')
+
+
+def test_commands_find_the_settings_database_and_log_with_no_flag(tmp_path, make_client, db):
+    """With no flag and no setting in the environment, list, check and log read the data
+    folder the receiver writes: ~/fibosms-data."""
+    write_settings(db, 'FIBOSMS_TOKEN=a-secret-of-the-file-99')
+    client = make_client(db=None)
+    assert client.get('/a-secret-of-the-file-99/?guid=g-home&phone=1').body == DONE
+    client.get('/wrong-secret/?guid=g-2&phone=1', status=403, expect_errors=True)
+    code, out, err = home_cli(tmp_path, 'list')
+    assert code == 0 and 'g-home' in out, err
+    code, out, err = home_cli(tmp_path, 'check')
+    assert code == 0 and 'settings:      %s' % os.path.join(os.path.dirname(db),
+                                                         'settings.env') in out, out + err
+    code, out, err = home_cli(tmp_path, 'log')
+    assert code == 0 and out.strip().endswith(
+        'answered 1 (HTTP 403): wrong or missing token'), out + err
+
+
+@pytest.mark.parametrize('line, finding', [
+    ('FIBOSMS_TOKEN=change-me-to-a-long-random-secret', 'FIBOSMS_TOKEN is still the example'),
+    ('FIBOSMS_TOKEN=short', 'FIBOSMS_TOKEN is shorter than 12 characters'),
+    ('FIBOSMS_TOKN=a-secret-of-the-file-99', 'FIBOSMS_TOKN is no setting: a typing mistake?'),
+    ('FIBOSMS_TOKEN a-secret-of-the-file-99', 'line 1: not FIBOSMS_NAME=value: ignored'),
+    ('FIBOSMS_ALLOW=203.0.113.0/24, nowhere', "FIBOSMS_ALLOW: 'nowhere' is not an address"),
+    ('FIBOSMS_JOURNAL=sideways', "FIBOSMS_JOURNAL 'sideways' is not one of"),
+    ('FIBOSMS_FORWARD_URL=ftp://app.example', 'FIBOSMS_FORWARD_URL is not http://host/path'),
+    ('FIBOSMS_FORWARD_URL=https://app.example/x\nFIBOSMS_FORWARD_SECRET=whsec_short',
+     'FIBOSMS_FORWARD_SECRET is not whsec_'),
+    ('FIBOSMS_HANDLER=no_such_module_here:handle', "No module named 'no_such_module_here'"),
+])
+def test_check_names_a_settings_mistake_before_a_push_meets_it(tmp_path, db, line, finding):
+    """check reads the settings file as the receiver does and names each mistake in it as a
+    problem (exit 1): an example or short secret, a name that is no setting, a line that is
+    not NAME=value, an address, journal, forward or hook setting that cannot work."""
+    store(db, 'g-1')
+    write_settings(db, line)
+    code, out, err = home_cli(tmp_path, 'check')
+    assert code == 1, out + err
+    problems = [l for l in out.splitlines() if l.endswith('<-- PROBLEM')]
+    assert any(p.startswith('settings:') and finding in p for p in problems), out
+
+
+def test_check_names_forwarding_set_without_forward_py(tmp_path, db):
+    """FIBOSMS_FORWARD_URL set in a set-up where forward.py was not uploaded: check says so
+    (the receiver stores the pushes all the same, marked failed: test_forward_deploy)."""
+    code_dir = tmp_path / 'code'
+    code_dir.mkdir()
+    for name in os.listdir(ROOT):
+        if name.endswith('.py') and name != 'forward.py':
+            shutil.copy(os.path.join(ROOT, name), str(code_dir / name))
+    store(db, 'g-1')
+    write_settings(db, 'FIBOSMS_FORWARD_URL=https://app.example/x')
+    done = subprocess.run([sys.executable, str(code_dir / 'storage.py'), 'check'],
+                          env=clean_env(HOME=str(tmp_path)), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    out = done.stdout.decode()
+    assert done.returncode == 1 and 'forward.py is not beside receiver.py: upload it' in out, out
+
+
+def test_a_command_on_another_users_data_says_whose_it_is(tmp_path, db):
+    """Run as root on the data of the receiver's user, a command refuses (a file it made
+    there, root's, would lock the receiver out) and names the user to run it as."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root, to give the data away')
+    store(db, 'g-1')
+    os.chown(os.path.dirname(db), 65534, 65534)
+    code, out, err = cli(db, 'list')
+    assert code == 1 and out == b''
+    assert 'the data belongs to uid 65534 (nobody): run this as that user, e.g. sudo -u nobody' \
+        in err, err
+
+
+def test_retry_forwards_with_the_settings_file_alone(tmp_path, db):
+    """retry takes the forward and its secret from the settings file: no secret on a command
+    line nor in a crontab (the forward itself: test_forward)."""
+    store(db, 'g-1', state='failed')
+    write_settings(db, 'FIBOSMS_FORWARD_URL=http://127.0.0.1:%d/hook' % support.free_port())
+    code, out, err = home_cli(tmp_path, 'retry')
+    assert code == 1 and out.startswith('g-1 failed: forward to 127.0.0.1:'), out + err
+    assert 'ConnectionRefusedError' in out
+
+
+def test_log_prints_the_newest_lines_escaped(tmp_path, make_client, db):
+    """storage.py log --lines N: the last N lines of receiver.log, control characters
+    escaped, the older file receiver.log.1 read too."""
+    make_client(token='a-long-enough-secret')
+    os.makedirs(os.path.dirname(db), mode=0o700)
+    client = make_client(token='a-long-enough-secret')
+    for n in range(3):
+        client.get('/x/?guid=g%d\x1b[2J&phone=1' % n, status=403, expect_errors=True)
+    client.get('/a-long-enough-secret/?guid=g\x1b&phone=', status=400, expect_errors=True)
+    code, out, err = home_cli(tmp_path, 'log', '--lines', '2')
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2, out + err
+    assert lines[-1].endswith("answered 1 (HTTP 400): phone missing or empty (guid 'g\\\\x1b')")
+    assert '\x1b' not in out
