@@ -852,7 +852,7 @@ SUEXEC_ROOT = '/var/www'                  # suexec-pristine's AP_DOC_ROOT
 SUEXEC_USER = ('nobody', 'nogroup')       # AP_UID_MIN and AP_GID_MIN are 100
 
 
-def setup_cgi(ws, suexec=False, script_more=(), upload=None, host=''):
+def setup_cgi(ws, suexec=False, script_more=(), upload=None, host='', script=None):
     """deploy/cgi/ uploaded to a folder the host serves at /fibosms (an Alias, as for a
     user's folder), with the host's DocumentRoot not granted. suexec: the folder is in
     /var/www (suEXEC's document root) and the script runs as nobody, the site's owner, who
@@ -872,7 +872,8 @@ def setup_cgi(ws, suexec=False, script_more=(), upload=None, host=''):
     os.mkdir(folder)
     os.chmod(folder, 0o755)
     ws.copy(os.path.join(DEPLOY, 'cgi', '.htaccess'), os.path.join(folder, '.htaccess'), 0o644)
-    ws.write(os.path.join(folder, 'receiver.cgi'), cgi_script(ws, script_more), mode=0o755)
+    ws.write(os.path.join(folder, 'receiver.cgi'), script or cgi_script(ws, script_more),
+             mode=0o755)
     if upload:
         upload(folder)
     for path in (public, folder, os.path.join(folder, 'receiver.cgi')):

@@ -374,3 +374,27 @@ def test_settings_template_is_valid_for_systemd_and_the_receiver():
              if line.startswith('FIBOSMS_')]
     assert lines == ['FIBOSMS_TOKEN=change-me-to-a-long-random-secret']
     assert 'change-me-to-a-long-random-secret' in receiver.PLACEHOLDER_TOKENS
+
+
+def test_cgi_receiver_cgi_of_before_the_settings_file_still_works():
+    """An existing set-up keeps working: the receiver.cgi users have, with the settings as
+    its constants (tests/old/receiver.cgi, filled in as README then said), runs the
+    receiver of today: pushes stored in the database it names, the secret it holds checked."""
+    with open(os.path.join(support.ROOT, 'tests', 'old', 'receiver.cgi'), encoding='utf-8') as f:
+        old = f.read()
+    ws = support.Workspace('old-cgi', settings=False)
+    db = os.path.join(ws.data, 'old', 'messages.sqlite3')
+    for line, value in (("os.path.expanduser('~/fibosms')", repr(ws.app)),
+                        ("os.path.expanduser('~/fibosms-data/messages.sqlite3')", repr(db)),
+                        ("'change-me-to-a-long-random-secret'", repr(TOKEN))):
+        assert line in old
+        old = old.replace(line, value)
+    front = support.start('cgi', ws, script=old)
+    try:
+        guid, response = front.push()
+        assert (response.status, response.body) == (200, DONE), (response, front.logs())
+        assert len(support.stored(db, guid)) == 1
+        _, response = front.push(page=front.page.replace(TOKEN, WRONG_TOKEN))
+        assert (response.status, response.body) == (403, RETRY)
+    finally:
+        front.stop()
