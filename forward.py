@@ -53,7 +53,7 @@ import urllib.parse
 
 # -- Constants --------------------------------------------------------------------------------
 
-TIMEOUT = 10.0      # seconds for a forward: under the hook's 20 s (receiver.HANDLER_TIMEOUT), so
+TIMEOUT = 10.0      # seconds for a forward: under the hook's 20 s (receiver.HOOK_WAIT), so
                     # a hung application is recorded as a failure and its claim released
 MAX_ANSWER = 4096   # bytes of the application's answer read; a failure keeps them in last_error
 USER_AGENT = 'fibosms-receiver'
