@@ -1,6 +1,7 @@
 """Attacks on the database's place: another local user plants the file, a link or a folder
 where the receiver will write, or hopes for one it makes open to all. Each is refused with
-503 <Status>1</Status> and one log line naming the place; nothing is written through it."""
+"try again" (200 <Status>1</Status>) and one log line naming the place; nothing is written
+through it."""
 import os
 import pwd
 import stat
@@ -14,9 +15,9 @@ NOBODY = pwd.getpwnam('nobody')
 
 
 def refused(make_client, db, reason):
-    """Push once to `db`: 503 <Status>1</Status> and one log line holding `reason` (which
+    """Push once to `db`: "try again" (200 <Status>1</Status>) and one log line holding `reason` (which
     names the place) and neither the phone nor the text."""
-    res = make_client(db=db).get(PUSH, status=503, expect_errors=True)
+    res = make_client(db=db).get(PUSH, status=200, expect_errors=True)
     assert res.body == RETRY
     [line] = res.errors.splitlines()
     assert reason in line, line

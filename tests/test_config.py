@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-import webtest
 
 import ownerlog
 import receiver
-from conftest import DONE, RETRY, ROOT, rows, write_settings
+from conftest import DONE, RETRY, ROOT, TestApp, rows, write_settings
 
 PUSH = '/?guid=g&phone=1&message=hi'
 SECRET = 'a-secret-of-the-file-77'
@@ -101,8 +100,8 @@ def test_fibosms_config_names_the_file_and_the_data_folder(tmp_path):
     and its folder holds the database and the log."""
     folder = tmp_path / 'elsewhere'
     config = write_settings(str(folder / 'x'), 'FIBOSMS_TOKEN=' + SECRET)
-    for client in (webtest.TestApp(receiver.make_app(config=config)),
-                   webtest.TestApp(receiver.make_app(),
+    for client in (TestApp(receiver.make_app(config=config)),
+                   TestApp(receiver.make_app(),
                                    extra_environ={'FIBOSMS_CONFIG': config})):
         client.get(PUSH, status=403, expect_errors=True, extra_environ={
             'REMOTE_ADDR': '192.0.2.1'})
@@ -112,7 +111,7 @@ def test_fibosms_config_names_the_file_and_the_data_folder(tmp_path):
 
 def test_a_named_settings_file_that_is_missing_answers_try_again(tmp_path):
     """FIBOSMS_CONFIG naming no file is a mistake: try again, and a line saying so."""
-    app = webtest.TestApp(receiver.make_app(config=str(tmp_path / 'none.env')))
+    app = TestApp(receiver.make_app(config=str(tmp_path / 'none.env')))
     res = app.get(PUSH, expect_errors=True, extra_environ={'REMOTE_ADDR': '127.0.0.1'})
     assert (res.status_int, res.body) == (200, RETRY)
     assert 'the settings file %s (FIBOSMS_CONFIG) does not exist' % (
@@ -176,11 +175,11 @@ def test_legacy_default_folder_is_kept_where_it_holds_the_database(tmp_path):
     """A set-up of the versions before the settings file, whose messages are in
     ~/.fibosms/messages.sqlite3, goes on storing there while ~/fibosms-data does not exist."""
     legacy = tmp_path / '.fibosms'
-    app = webtest.TestApp(receiver.make_app(db=str(legacy / 'messages.sqlite3')),
+    app = TestApp(receiver.make_app(db=str(legacy / 'messages.sqlite3')),
                           extra_environ={'REMOTE_ADDR': '127.0.0.1'})
     assert app.get(PUSH).body == DONE
     assert receiver.config_path()[0] == str(legacy / 'settings.env')
-    app = webtest.TestApp(receiver.make_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+    app = TestApp(receiver.make_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
     assert app.get('/?guid=h&phone=1').body == DONE
     assert [r['guid'] for r in rows(str(legacy / 'messages.sqlite3'))] == ['g', 'h']
     (tmp_path / 'fibosms-data').mkdir(mode=0o700)
@@ -268,7 +267,7 @@ def test_settings_are_documented_in_one_table():
 def test_each_environ_setting_is_honoured_by_one_app(tmp_path):
     """One app, requests with different FIBOSMS_DB in their environ (two Apache SetEnv
     blocks): each push lands in its own database, every time."""
-    app = webtest.TestApp(receiver.make_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+    app = TestApp(receiver.make_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
     dbs = [str(tmp_path / name / 'messages.sqlite3') for name in ('a', 'b')]
     for n in range(3):
         for db in dbs:

@@ -482,7 +482,7 @@ def test_retry_command_refuses_forward_and_handler_together(forwarding, app, db)
 def test_readme_secret_command_makes_a_usable_secret():
     """README's one-line command makes a secret forward.py and the official package take."""
     import re
-    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    with open(os.path.join(ROOT, 'docs', 'FORWARDING.md'), encoding='utf-8') as f:
         command = re.search(r'^(python3 -c .*whsec_.*)$', f.read(), re.M).group(1)
     import shlex
     done = subprocess.run([sys.executable] + shlex.split(command)[1:], stdout=subprocess.PIPE,
@@ -497,9 +497,10 @@ def test_readme_secret_command_makes_a_usable_secret():
 
 
 def readme_section():
-    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    """docs/FORWARDING.md's part on forwarding (README's, before it moved there)."""
+    with open(os.path.join(ROOT, 'docs', 'FORWARDING.md'), encoding='utf-8') as f:
         text = f.read()
-    return text.split('## Forward to your application\n')[1].split('\n## ')[0]
+    return text.split('## Forwarding to your application\n')[1].split('\n## ')[0]
 
 
 def test_readme_example_request_is_signed_as_it_says():
@@ -522,7 +523,7 @@ def test_readme_python_check_takes_real_forwards_and_refuses_forgeries(forwardin
     another secret and a timestamp over 5 minutes old."""
     code = readme_section().split('```python\n')[1].split('```')[0]
     namespace = {}
-    exec(compile(code, 'README.md', 'exec'), namespace)
+    exec(compile(code, 'FORWARDING.md', 'exec'), namespace)
     verify = namespace['verify']
     forwarding().get(PUSH)
     [request] = app.requests
