@@ -222,10 +222,10 @@ def read_push(environ, settings):
                            ' machine may call; set FIBOSMS_TOKEN')
     environ['fibosms.client_address'] = remote      # for the small server's request log
     query = environ.get('QUERY_STRING', '').encode('latin-1')  # PEP 3333: bytes as latin-1
+    pieces = pieces_of(query) if len(query) <= MAX_INPUT else []
+    check_token(environ, pieces, token)     # before anything else the caller sent is judged
     if len(query) > MAX_INPUT:
         raise Reject(414, 'query string of %d bytes is over %d' % (len(query), MAX_INPUT))
-    pieces = pieces_of(query)
-    check_token(environ, pieces, token)     # before anything else the caller sent is judged
     method = environ.get('REQUEST_METHOD', 'GET')
     if method not in ('GET', 'POST'):
         raise Reject(405, 'method %r not allowed' % method[:20])

@@ -45,6 +45,28 @@ def test_wrong_or_missing_token_is_403_and_stores_nothing(guarded, db, url):
     assert rows(db) == []
 
 
+@pytest.mark.parametrize('method, query, body', [
+    pytest.param('GET', 'guid=caller-1&guid=caller-2&phone=0912345678', b'', id='twice'),
+    pytest.param('GET', 'guid=caller-1&phone=0912345678&message=' + 'x' * 17000, b'',
+                 id='over-16-KiB'),
+    pytest.param('GET', 'guid=%s&phone=0912345678' % ('g' * 200), b'', id='long-guid'),
+    pytest.param('GET', 'phone=0912345678&caller-param=1', b'', id='no-guid'),
+    pytest.param('PUT', 'guid=caller-1&phone=0912345678', b'', id='PUT'),
+    pytest.param('POST', '', b'guid=caller-1&guid=caller-2&phone=1', id='POST-body-twice'),
+])
+def test_caller_without_the_secret_is_403_before_anything_it_sent_is_judged(
+        guarded, db, method, query, body):
+    """A malformed push from a caller without the secret is 403 all the same: whoever lacks
+    the secret learns nothing of how a push is judged, and the log line holds nothing it
+    chose (no guid, no parameter name)."""
+    res = guarded.request('/receiver.py/wrong?' + query, method=method, body=body,
+                          content_type='application/x-www-form-urlencoded',
+                          status=403, expect_errors=True)
+    assert res.body == RETRY
+    assert res.errors == 'fibosms-receiver: answered 1 (HTTP 403): wrong or missing token\n'
+    assert rows(db) == []
+
+
 def test_secret_is_stored_nowhere_and_logged_nowhere(guarded, db):
     """Neither the row (raw_query, extra) nor any log line holds the secret."""
     guarded.get('/receiver.py?token=%s&%s&shortcode=1' % (SECRET_IN_URL, PUSH))
