@@ -902,3 +902,22 @@ def test_log_prints_the_newest_lines_escaped(tmp_path, make_client, db):
     assert code == 0 and len(lines) == 2, out + err
     assert lines[-1].endswith("answered 1 (HTTP 400): phone missing or empty (guid 'g\\\\x1b')")
     assert '\x1b' not in out
+
+
+def hostile_hook(message):
+    raise RuntimeError('refused: ' + HOSTILE)
+
+
+def test_retry_prints_guid_and_error_escaped(tmp_path, make_client, db):
+    """`retry` names each message by its guid, escaped: a guid with terminal escapes cannot
+    reach the terminal."""
+    make_client(handler=hostile_hook).get(
+        '/', {'guid': 'g' + HOSTILE, 'phone': '0912345678'}, status=200, expect_errors=True)
+    (tmp_path / 'hostilehook.py').write_text(
+        'def run(message):\n    raise RuntimeError("again: " + %r)\n' % HOSTILE)
+    code, out, err = cli(db, 'retry', '--handler', 'hostilehook:run',
+                         env=clean_env(PYTHONPATH=str(tmp_path)))
+    assert code == 1, err
+    text = out.decode('utf-8')
+    assert_terminal_safe(text)
+    assert text.startswith('g' + HOSTILE_SHOWN + ' failed: ')
