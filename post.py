@@ -5,8 +5,9 @@ Loaded only for a request with a body: FiboSMSGateway's pushes are GET. receiver
 read_body once the caller is let in (the secret, in the path or the query string, is
 checked before any byte of the body is read), and reads its form together with the query.
 
-    400  a Content-Length that is no number, a body cut short or broken off
-    408  a body not received within the server's timeout
+    200  try again (receiver.TRY_AGAIN): a body cut short, broken off or not received
+         within the server's timeout, which the next try may well bring whole
+    400  a Content-Length that is no number
     413  a body over receiver.MAX_INPUT (16 KiB), by its Content-Length or, chunked, once
          read that far
     415  a body that is not application/x-www-form-urlencoded
@@ -15,7 +16,7 @@ import io
 import select
 import time
 
-from receiver import Reject
+from receiver import TRY_AGAIN, Reject
 
 FORM_TYPE = 'application/x-www-form-urlencoded'
 MAX_READ_AWAY = 1024 * 1024     # bytes of an unread body a CGI process reads at its end,
@@ -33,7 +34,7 @@ def read_body(environ, most):
             raise Reject(413, 'body of %d bytes is over %d' % (size, most))
         body = read_input(environ['wsgi.input'], size) if size else b''
         if len(body) < size:
-            raise Reject(400, 'body ended after %d of %d bytes' % (len(body), size))
+            raise Reject(TRY_AGAIN, 'body ended after %d of %d bytes' % (len(body), size))
     elif environ.get('wsgi.input_terminated'):  # chunked: the server marks where it ends
         body = read_input(environ['wsgi.input'], most + 1)
         if len(body) > most:
@@ -60,8 +61,7 @@ def read_input(stream, size):
     try:
         return stream.read(size)
     except OSError as exc:  # socket.timeout is one; mod_wsgi raises OSError on a broken read
-        timed_out = 'timeout' in type(exc).__name__.lower()
-        raise Reject(408 if timed_out else 400, 'body not received: %s' % type(exc).__name__)
+        raise Reject(TRY_AGAIN, 'body not received: %s' % type(exc).__name__)
 
 
 class CountedInput(io.RawIOBase):

@@ -1,27 +1,21 @@
 #!/usr/bin/env python3
-"""The receiving page of FiboSMS "push SMS": one WSGI application, standard library only.
+"""The receiving page of FiboSMS "push SMS": one WSGI application (``application``), standard
+library only, that also runs as a CGI script (`serve_cgi`) and as a small server of its own:
+``python3 receiver.py [--host H] [--port P] [--db PATH]`` (smallserver.py).
 
 FiboSMSGateway calls ``GET <url>?message=<text>&phone=<sender>&guid=<its id>`` and reads the
 page as its answer: <Status>2</Status>, done; <Status>1</Status>, send it again (5 tries at
-most). Every answer is one of the two, text/xml; charset=utf-8, with one of these codes:
+most). Every answer is one of the two, text/xml; charset=utf-8: 2, with HTTP 200, once the
+message is stored, now or by an earlier delivery; 1 with 200 where a retry can help ("try
+again": the database or the hook failed or is busy, a setting is wrong), else with the 4xx of
+REASONS that says why no retry can: 403 a refused caller, 400 a malformed push, 405, 414, and
+a POST body's 413, 415 (post.py). README.md, "The answers", has the whole table.
 
-    200  <Status>2</Status>  stored, now or by an earlier delivery of the guid
-    200  <Status>1</Status>  try again: the database or the hook failed, the hook runs or is
-                             busy, a setting is wrong (the page the gateway's document tells of)
-    400  <Status>1</Status>  malformed, which no retry mends: no guid or phone, a parameter
-                             twice, a value too long, the secret in guid, phone or message
-    403  <Status>1</Status>  a refused caller: a wrong or missing secret, an address not allowed
-    405, 414                 a method but GET and POST; a query string over MAX_INPUT bytes
-    400, 408, 413, 415       a POST body cut short, late, too big, not a form (post.py)
-
-2 only once the message is committed (storage.py); a retry never stores a second row. A
-caller is trusted for the secret (FIBOSMS_TOKEN, the URL's last path segment or a ``token``
-parameter, checked before anything else it sent) and/or its address (FIBOSMS_ALLOW); with
-neither, only this machine may call. The secret is stored and logged nowhere; a log line is
-a reason, never the secret, a phone or a text. docs/AUDIT.md maps each promise to its lines.
-
-Runs as a WSGI application (``application``), a CGI script (`serve_cgi`), or the small
-server: ``python3 receiver.py [--host H] [--port P] [--db PATH]`` (smallserver.py).
+2 only once the message is committed (storage.py); a retry never stores a second row. A caller
+is trusted for the secret (FIBOSMS_TOKEN: the URL's last path segment or a ``token`` parameter,
+checked before all else it sent) and/or its address (FIBOSMS_ALLOW); else only this machine
+may call. The secret is stored and logged nowhere; a log line is a reason, never the secret, a
+phone or a text. docs/AUDIT.md maps each promise to its lines.
 """
 import io
 import os
@@ -45,8 +39,7 @@ RETRY = b'<Status>1</Status>'
 CONTENT_TYPE = 'text/xml; charset=utf-8'
 TRY_AGAIN = 200                 # the HTTP code of <Status>1</Status> where a retry can help
 REASONS = {200: 'OK', 400: 'Bad Request', 403: 'Forbidden', 405: 'Method Not Allowed',
-           408: 'Request Timeout', 413: 'Payload Too Large', 414: 'URI Too Long',
-           415: 'Unsupported Media Type'}
+           413: 'Payload Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type'}
 MAX_INPUT = 16 * 1024           # bytes, of the query string and of a POST body, each
 MAX_GUID, MAX_PHONE = 128, 32   # characters
 HOOK_WAIT = 20.0                # seconds a push waits for its hook, then is answered 1
@@ -64,9 +57,9 @@ DATABASE_FILE, LOG_FILE = 'messages.sqlite3', 'receiver.log'
 class Reject(Exception):
     """A push answered <Status>1</Status>: `code` is the HTTP code, `reason` the log line."""
 
-    def __init__(self, code, reason):
+    def __init__(self, code, reason, guid=None):
         Exception.__init__(self, reason)
-        self.code, self.reason, self.summary, self.guid = code, reason, reason, None
+        self.code, self.reason, self.summary, self.guid = code, reason, reason, guid
 
 
 class SettingError(Reject):
@@ -244,12 +237,7 @@ def read_push(environ, settings):
         elif name != 'token':   # the secret and its copies are stored nowhere
             params[name] = value
             kept.append(piece)
-    guid = params.get('guid', '').strip()[:MAX_GUID] or None    # for the log line
-    try:
-        push = parse_push(params)
-    except Reject as exc:
-        exc.guid = guid
-        raise
+    push = parse_push(params)
     push.update(charset=charset, remote_addr=remote or None,
                 raw_query=b'&'.join(kept).decode('latin-1'))
     return push
@@ -327,10 +315,9 @@ def parse_push(params):
     guid, phone = params.pop('guid', '').strip(), params.pop('phone', '').strip()
     message = params.pop('message', '')
     for name, value, most in (('guid', guid, MAX_GUID), ('phone', phone, MAX_PHONE)):
-        if not value:
-            raise Reject(400, '%s missing or empty' % name)
-        if len(value) > most:
-            raise Reject(400, '%s of %d characters is over %d' % (name, len(value), most))
+        if not value or len(value) > most:      # the guid, cut short, for the log line
+            raise Reject(400, '%s of %d characters is over %d' % (name, len(value), most) if
+                         value else '%s missing or empty' % name, guid[:MAX_GUID] or None)
     extra = '{}'
     if params:  # parameters the gateway may add: kept, never dropped
         import json

@@ -11,12 +11,11 @@ connection is answered at once, 200 <Status>1</Status>: try again. One request p
 Headers named with anything but letters, digits and '-' are dropped: wsgiref would read
 ``X_Forwarded_For`` as X-Forwarded-For (PEP 3333), and nginx and Apache drop them too.
 
-Its own refusals are receiver.py's <Status>1</Status> with a status line too: 400 (unreadable,
-blank or cut-off request line, a folded header line, Content-Length, -Type or Host twice), 408
-(headers too slow), 411 (chunked body), 414 or 431 (over MAX_HEADER_BYTES, or over MAX_HEADERS
-headers), 505 (HTTP/2 and later); 200 (too many connections: a retry can succeed, as for
-receiver.TRY_AGAIN). Each logs one line on stderr
-naming the reason. The request log line shows ``/***`` for the path, whatever its spelling,
+Its own refusals are receiver.py's <Status>1</Status> with a status line too: 200 where a retry
+can succeed, as receiver.TRY_AGAIN (headers too slow, too many connections); 400 (unreadable,
+blank or cut-off request line, a folded header line, Content-Length, -Type or Host twice), 411
+(chunked body), 414 or 431 (over MAX_HEADER_BYTES, or over MAX_HEADERS headers), 505 (HTTP/2
+and later). Each logs one line on stderr naming the reason. The request log line shows ``/***`` for the path, whatever its spelling,
 and never the query string.
 """
 import argparse
@@ -43,8 +42,8 @@ MAX_CONNECTIONS = 512           # open at once (under the usual 1024 file descri
 MAX_PER_ADDRESS = 16            # open at once from one address, but for a front end's:
 FRONT_END_ADDRESSES = ('127.0.0.1', '::1', '::ffff:127.0.0.1')
 WORKERS = 16                    # threads running requests whose headers are all in
-HEADER_TIMEOUT = 10.0           # seconds from connecting to the end of the headers, else 408
-BODY_TIMEOUT = 10.0             # seconds for the body once the headers are in, else 408
+HEADER_TIMEOUT = 10.0           # seconds from connecting to the end of the headers, else 1
+BODY_TIMEOUT = 10.0             # seconds for the body once the headers are in, else 1
 STOP_TIMEOUT = 5.0              # seconds a stopping server waits for requests in hand
 MAX_HEADER_BYTES = 32 * 1024    # request line and headers together, else 414 or 431
 MAX_HEADERS = 50                # header lines, else 431
@@ -199,7 +198,7 @@ class HeaderReader:
             request = self.deadlines.popleft()[1]
             state = self.forget(request)
             if state is not None:
-                self.refuse(request, 408, 'headers not in within %g s'
+                self.refuse(request, 200, 'headers not in within %g s'
                             % HEADER_TIMEOUT, state)
 
     def read(self, request, state):

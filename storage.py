@@ -109,24 +109,33 @@ def prepare_place(path, create=True):
 
 def folders_problem(folder):
     """What makes `folder` unfit for the data, or None: it must be the user's own, private, and
-    each folder above it and link on the way root's or the user's, none writable by others
-    unless sticky (/tmp): else another local user could move the data or re-point a link."""
-    for step in ancestors(folder):
-        st = os.lstat(step)
-        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
-            return 'the link %s belongs to uid %d, who can point it elsewhere' % (step,
-                                                                                 st.st_uid)
-    real = os.path.realpath(folder)
-    for above in ancestors(os.path.dirname(real)):
-        st, problem = os.stat(above), None
-        if st.st_uid not in (0, os.geteuid()):
-            problem = 'belongs to uid %d' % st.st_uid
-        elif st.st_mode & 0o022 and not st.st_mode & 0o1000:
-            problem = 'is writable by group or others (mode %o)' % stat.S_IMODE(st.st_mode)
-        if problem:
+    all on the way to it root's or the user's: each folder above, none writable by others
+    unless sticky (/tmp), each link, and the way to where each link points; else another local
+    user could move the data away or re-point a link between two pushes."""
+    return way_problem(folder, os.stat(folder)) or place_problem(os.path.realpath(folder),
+                                                                 'folder')
+
+
+def way_problem(path, data, depth=0):
+    """What another user could change on the way to `path`; `data`: the data folder's stat."""
+    for step in ancestors(path):
+        st, mine = os.lstat(step), (0, os.geteuid())
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in mine or depth > 40:
+                return 'the link %s belongs to uid %d, who can point it elsewhere' % (
+                    step, st.st_uid)
+            problem = way_problem(os.path.join(os.path.dirname(step), os.readlink(step)),
+                                  data, depth + 1)
+            if problem:
+                return problem
+        elif not os.path.samestat(st, data) and (st.st_uid not in mine or (
+                st.st_mode & 0o022 and not st.st_mode & 0o1000)):
             return ('the folder %s above the data %s, who could move it away: put the data in'
-                    ' a folder of yours' % (above, problem))
-    return place_problem(real, 'folder')
+                    ' a folder of yours' % (step, 'belongs to uid %d' % st.st_uid
+                                            if st.st_uid not in mine else
+                                            'is writable by group or others (mode %o)'
+                                            % stat.S_IMODE(st.st_mode)))
+    return None
 
 
 def ancestors(path):               # `path`, then each folder above it

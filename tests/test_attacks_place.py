@@ -131,6 +131,59 @@ def test_sticky_folder_above_is_allowed(tmp_path, make_client):
     assert make_client(db=str(above / 'data' / 'messages.sqlite3')).get(PUSH).body == DONE
 
 
+def links_in_a_sticky_folder(tmp_path, owners):
+    """A sticky folder open to all (a /tmp) holding a chain of links, link-0 -> link-1 -> ...
+    -> a private data folder, link i owned by owners[i]: the path through link-0."""
+    sticky, real = tmp_path / 'tmp', tmp_path / 'private' / 'data'
+    sticky.mkdir()
+    os.chmod(str(sticky), 0o1777)
+    real.parent.mkdir(mode=0o700)
+    real.mkdir(mode=0o700)
+    names = ['link-%d' % i for i in range(len(owners))]
+    for name, target, owner in zip(names, names[1:] + [str(real)], owners):
+        os.symlink(target, str(sticky / name))
+        if owner == 'nobody':
+            os.lchown(str(sticky / name), NOBODY.pw_uid, NOBODY.pw_gid)
+    return str(sticky / names[0] / 'messages.sqlite3'), real
+
+
+@pytest.mark.parametrize('owners, bad', [
+    (['nobody'], 'link-0'),                 # the link itself
+    (['root', 'nobody'], 'link-1'),         # a link it points to
+    (['root', 'root', 'nobody'], 'link-2'),
+])
+def test_link_another_user_owns_on_the_way_is_refused(tmp_path, make_client, owners, bad):
+    """A link on the database's path, or on the way of a link it points to, that another
+    user owns (in a sticky folder, where links of all users live) could be re-pointed
+    between two pushes, splitting the messages over two folders: refused, naming it."""
+    path, real = links_in_a_sticky_folder(tmp_path, owners)
+    line = refused(make_client, path, 'belongs to uid %d' % NOBODY.pw_uid)
+    assert 'the link %s ' % (tmp_path / 'tmp' / bad) in line
+    assert os.listdir(str(real)) == []
+
+
+def test_own_link_in_a_folder_others_may_write_is_refused(tmp_path, make_client):
+    """A link of the receiver's own, in a folder where others may write (not sticky), can be
+    replaced by another user's: refused, naming that folder."""
+    shared, real = tmp_path / 'shared', tmp_path / 'private' / 'data'
+    shared.mkdir()
+    os.chmod(str(shared), 0o777)
+    real.parent.mkdir(mode=0o700)
+    real.mkdir(mode=0o700)
+    os.symlink(str(real), str(shared / 'data'))
+    line = refused(make_client, str(shared / 'data' / 'messages.sqlite3'),
+                   'writable by group or others (mode 777)')
+    assert 'the folder %s above the data' % shared in line
+    assert os.listdir(str(real)) == []
+
+
+def test_own_links_in_a_sticky_folder_are_followed(tmp_path, make_client):
+    """Links of the receiver's own user (or root's) are followed to the data."""
+    path, real = links_in_a_sticky_folder(tmp_path, ['root', 'root'])
+    assert make_client(db=path).get(PUSH).body == DONE
+    assert len(rows(str(real / 'messages.sqlite3'))) == 1
+
+
 def test_device_file_is_refused(tmp_path, make_client):
     """A database path that is a device (a fifo, here) is not a regular file: refused."""
     folder = tmp_path / 'data'
