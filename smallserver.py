@@ -242,7 +242,11 @@ class HeaderReader:
         self.server.leave(state['address'])
 
 class ConnectionInput(io.RawIOBase):
-    """The bytes the header reader read ahead, then the socket, until `deadline`."""
+    """The bytes the header reader read ahead, then the socket, until `deadline`; first, if
+    the client asked for it, "100 Continue" (RFC 9110 10.1.1: once the body is wanted, so
+    only after the app has let the caller in). A front end (Apache's mod_proxy_http) that
+    passes the client's Expect on waits for it before it sends the body."""
+    expect_continue = False
 
     def __init__(self, sock, ahead, deadline):
         self.sock, self.ahead, self.deadline = sock, memoryview(ahead), deadline
@@ -260,6 +264,9 @@ class ConnectionInput(io.RawIOBase):
         if left <= 0:
             raise socket.timeout('body not in within %g s' % BODY_TIMEOUT)
         self.sock.settimeout(left)
+        if self.expect_continue:
+            self.expect_continue = False
+            self.sock.sendall(b'HTTP/1.1 100 Continue\r\n\r\n')
         try:
             return self.sock.recv_into(buffer)
         finally:
@@ -291,6 +298,9 @@ class RequestHandler(WSGIRequestHandler):
             self.log_message('refused: %s', problem[1])
             self.send_error(problem[0])
             return
+        expect = self.headers.get('Expect', '').strip().lower()
+        self.rfile.raw.expect_continue = (self.request_version == 'HTTP/1.1'
+                                          and expect == '100-continue')
         handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(),
                                 self.get_environ())
         handler.request_handler, self.wsgi_handler = self, handler

@@ -52,7 +52,6 @@ DONE = b'<Status>2</Status>'
 RETRY = b'<Status>1</Status>'
 CONTENT_TYPE = 'text/xml; charset=utf-8'
 APACHE_MODULES = '/usr/lib/apache2/modules'
-PASSENGER_ROOT = '/usr/lib/ruby/vendor_ruby/phusion_passenger/locations.ini'
 SYSTEM_PYTHON = '/usr/bin/python3'     # what mod_wsgi, Passenger, CGI and the unit file run
 START_TIMEOUT = 20.0                   # seconds for a server to accept connections
 REQUEST_TIMEOUT = 30.0                 # seconds for one answer: well over the busy timeout
@@ -579,6 +578,13 @@ def apache_site(name, ws, more=()):
         if pair[0] in snippet(name)] + list(more))
 
 
+def a2enmod(name):
+    """The modules deploy/`name`'s install steps enable (its `a2enmod` line): what the tests
+    load, so that a module the snippet needs but does not name fails them."""
+    [line] = [line for line in snippet(name).splitlines() if line.startswith('#   a2enmod ')]
+    return line.split()[2:]
+
+
 def place_decoys(folder, ws):
     """Put in `folder` what must never be downloadable: a real database with -wal, -shm and
     -journal files (DECOYS), and hello.txt, which must be (the server does serve the folder)."""
@@ -594,58 +600,67 @@ def place_decoys(folder, ws):
     ws.write(os.path.join(folder, 'hello.txt'), 'hello\n')
 
 
-BASE_MODULES = ('mpm_event', 'authz_core', 'authz_host', 'mime', 'dir', 'alias', 'env',
-                'setenvif', 'ssl', 'socache_shmcb')
+# What `apt-get install apache2` enables (Debian 12), and the confs it enables: the tests run
+# every Apache set-up on Debian's own apache2.conf with these, as a server left as installed.
+DEBIAN_MODULES = ('access_compat', 'alias', 'auth_basic', 'authn_core', 'authn_file',
+                  'authz_core', 'authz_host', 'authz_user', 'autoindex', 'deflate', 'dir',
+                  'env', 'filter', 'mime', 'mpm_event', 'negotiation', 'reqtimeout',
+                  'setenvif', 'status')
+DEBIAN_CONFS = ('charset', 'localized-error-pages', 'other-vhosts-access-log', 'security',
+                'serve-cgi-bin')
+DEBIAN_APACHE = '/etc/apache2'
 
-APACHE_HOST_CONFIG = """\
-# The host's part: what Debian's apache2.conf and ports.conf (or a hosting provider) supply.
-ServerRoot {base}
-PidFile {run}/httpd.pid
-DefaultRuntimeDir {run}
-Mutex file:{run} default
-ErrorLog {logs}/error.log
-LogLevel warn
+PORTS_CONFIG = """\
+# The host's part: Debian's ports.conf (on 127.0.0.1), and what a private instance needs.
 Listen 127.0.0.1:{port}
 ServerName 127.0.0.1
-User {user}
-Group {group}
-Timeout 30
-Define APACHE_LOG_DIR {logs}
-{modules}
-TypesConfig /etc/mime.types
-LogFormat "%h %l %u %t \\"%r\\" %>s %O \\"%{{Referer}}i\\" \\"%{{User-Agent}}i\\"" combined
-CustomLog {logs}/host_access.log combined
-SSLSessionCache shmcb:{run}/ssl_scache(512000)
-<Directory />
-    Options FollowSymLinks
-    AllowOverride None
-    Require all denied
-</Directory>
+Mutex file:{run} default
 """
 
 
 class Apache:
-    """A private Apache: Apache(ws, modules, site_config).start() ... stop()."""
+    """A private Apache: Apache(ws, modules, site_config).start() ... stop(). It runs Debian's
+    apache2.conf as installed, in a ServerRoot of its own: mods-enabled/ holds DEBIAN_MODULES
+    and `modules` (each one's .load and .conf, as a2enmod links them), conf-enabled/ `confs`
+    (DEBIAN_CONFS: security.conf's TraceEnable Off, status.conf's /server-status...), and
+    sites-enabled/ `site_config` (as a2ensite). Its logs go to ws.logs."""
 
-    def __init__(self, ws, modules, site_config, port=None):
+    def __init__(self, ws, modules, site_config, port=None, confs=DEBIAN_CONFS):
         need('root', 'apache2', *[part for part in ('mod_wsgi', 'passenger', 'suexec')
                                   if part.replace('mod_', '') in modules])
         self.ws = ws
         self.port = port or free_port()
         self.process = None
-        lines = ['LoadModule %s_module %s/mod_%s.so' % (m, APACHE_MODULES, m)
-                 for m in BASE_MODULES + tuple(modules)]
-        host = APACHE_HOST_CONFIG.format(
-            base=ws.base, run=ws.run, logs=ws.logs, port=self.port, user=ws.user,
-            group=ws.group, modules='\n'.join(lines))
-        self.config = ws.write(os.path.join(ws.base, 'httpd.conf'),
-                               host + '\n' + site_config.replace('{port}', str(self.port)))
+        self.root = ws.folder('apache2')
+        for folder in ('mods-enabled', 'conf-enabled', 'sites-enabled'):
+            os.mkdir(os.path.join(self.root, folder))
+        os.makedirs(os.path.join(ws.run, 'socks'), exist_ok=True)   # cgid.conf's ScriptSock
+        shutil.copyfile(os.path.join(DEBIAN_APACHE, 'apache2.conf'),
+                        os.path.join(self.root, 'apache2.conf'))
+        enabled = []
+        for module in DEBIAN_MODULES + ('socache_shmcb', 'ssl') + tuple(modules):
+            for end in ('.load', '.conf'):
+                source = os.path.join(DEBIAN_APACHE, 'mods-available', module + end)
+                if module not in enabled and os.path.exists(source):
+                    os.symlink(source, os.path.join(self.root, 'mods-enabled', module + end))
+            enabled.append(module)
+        for conf in confs:
+            os.symlink(os.path.join(DEBIAN_APACHE, 'conf-available', conf + '.conf'),
+                       os.path.join(self.root, 'conf-enabled', conf + '.conf'))
+        ws.write(os.path.join(self.root, 'ports.conf'),
+                 PORTS_CONFIG.format(port=self.port, run=ws.run))
+        self.config = ws.write(os.path.join(self.root, 'sites-enabled', 'site.conf'),
+                               site_config.replace('{port}', str(self.port)))
+        self.env = dict(SERVER_ENV, APACHE_RUN_USER=ws.user, APACHE_RUN_GROUP=ws.group,
+                        APACHE_PID_FILE=os.path.join(ws.run, 'apache2.pid'),
+                        APACHE_RUN_DIR=ws.run, APACHE_LOCK_DIR=ws.run, APACHE_LOG_DIR=ws.logs)
 
     def start(self):
         out = open(os.path.join(self.ws.logs, 'apache_stdout.log'), 'wb')
         self.process = subprocess.Popen(
-            ['/usr/sbin/apache2', '-f', self.config, '-DFOREGROUND'], env=SERVER_ENV,
-            cwd=self.ws.base, stdout=out, stderr=subprocess.STDOUT)
+            ['/usr/sbin/apache2', '-d', self.root, '-f', os.path.join(self.root, 'apache2.conf'),
+             '-DFOREGROUND'], env=self.env, cwd=self.ws.base, stdout=out,
+            stderr=subprocess.STDOUT)
         out.close()
         wait_for_port(self.port, self.process, lambda: (
             'Apache (%s) did not start.\n--- stdout/stderr:\n%s\n--- error.log:\n%s' % (
@@ -829,17 +844,17 @@ def start(name, ws=None, **options):
         raise
 
 
-def setup_mod_wsgi(ws, host='', more=()):
+def setup_mod_wsgi(ws, host='', more=(), confs=DEBIAN_CONFS):
     config = apache_site('apache-mod_wsgi.conf', ws, more)
-    apache = Apache(ws, ['wsgi', 'headers', 'reqtimeout'], host + config).start()
+    apache = Apache(ws, a2enmod('apache-mod_wsgi.conf'), host + config, confs=confs).start()
     front = SetUp('mod_wsgi', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
     front.servers = [apache]
     return front
 
 
 CGI_HOST_CONFIG = """\
-# A shared host: CGI on, .htaccess obeyed; its access log records whole request lines.
-ScriptSock {run}/cgid.sock
+# A shared host: CGI on, .htaccess obeyed. Its access log, Debian's other-vhosts-access-log,
+# records whole request lines.
 DocumentRoot {www}
 Alias /fibosms {folder}
 <Directory {folder}>
@@ -885,7 +900,7 @@ def setup_cgi(ws, suexec=False, script_more=(), upload=None, host='', script=Non
         apache.stop()
         raise RuntimeError('Apache runs without suEXEC:\n' + ws.log('error.log'))
     front = SetUp('cgi', ws, apache.port, '/fibosms/receiver.cgi/' + TOKEN, tls=False,
-                  host_logs=['host_access.log'])
+                  host_logs=['other_vhosts_access.log'])
     front.folder, front.owner = folder, owner
     front.servers = [apache, Cleanup(getattr(ws, 'cleanups', []))]
     return front
@@ -902,27 +917,25 @@ class Cleanup:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def setup_passenger(ws, host=''):
+def setup_passenger(ws, host='', confs=DEBIAN_CONFS):
     ws.folder('app', 'public')
     ws.copy(os.path.join(DEPLOY, 'passenger_wsgi.py'), os.path.join(ws.app, 'passenger_wsgi.py'),
             0o644)
-    host = ('PassengerRoot %s\nPassengerDefaultRuby /usr/bin/ruby\n'
-            'PassengerInstanceRegistryDir %s\n' % (PASSENGER_ROOT, ws.run)) + host
+    host = 'PassengerInstanceRegistryDir %s\n' % ws.run + host   # passenger.conf: the rest
     config = apache_site('apache-passenger.conf', ws)
-    modules = ['passenger', 'headers', 'reqtimeout', 'rewrite']
-    apache = Apache(ws, modules, host + config).start()
+    apache = Apache(ws, a2enmod('apache-passenger.conf'), host + config, confs=confs).start()
     front = SetUp('passenger', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
     front.servers = [apache]
     return front
 
 
-def setup_apache_proxy(ws, host=''):
+def setup_apache_proxy(ws, host='', confs=DEBIAN_CONFS):
     receiver = Receiver(ws).start()
     config = apache_site('apache-reverse-proxy.conf', ws, [
         ('127.0.0.1:8000', '127.0.0.1:%d' % receiver.port)])
     try:
-        apache = Apache(ws, ['proxy', 'proxy_http', 'headers', 'reqtimeout'],
-                        host + config).start()
+        apache = Apache(ws, a2enmod('apache-reverse-proxy.conf'), host + config,
+                        confs=confs).start()
     except BaseException:
         receiver.stop()
         raise

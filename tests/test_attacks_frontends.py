@@ -7,7 +7,7 @@ Every answer must be a Status document (text/xml; charset=utf-8), whoever gives 
 or the front end refusing by itself (too long, unreadable, too big, too slow, the receiver
 down). Nothing forged may be stored. No log file the set-up writes (every file in the
 workspace's log folder) may hold the secret, the phone number or the text of a push; the
-one exception is the shared host's access log of the CGI set-up (host_access.log), which
+one exception is the shared host's access log of the CGI set-up (other_vhosts_access.log), which
 records whole URLs and which README names as such.
 
 Every Apache set-up runs with a DocumentRoot that is not granted, the case in which Apache's
@@ -429,4 +429,194 @@ def test_attack_front_slow_clients_dropped_and_pushes_go_on(fronts, name, part):
         assert answer != 'still open', 'a slow client was held for %g s' % SLOW_BOUND
         if answer is not None:      # dropped, or answered 408 as a Status document
             assert_status_document(answer, codes=[400, 408, 413])
+    assert_logs_clean(front, phone, word)
+
+
+# -- Requests for less or other than the page, and the server's own pages ---------------------
+
+@pytest.mark.parametrize('name', FRONTS)
+@pytest.mark.parametrize('headers', [
+    [('Range', 'bytes=0-4')], [('Range', 'bytes=500-600')],
+    [('Range', 'bytes=0-4'), ('If-Range', 'Wed, 21 Oct 2015 07:28:00 GMT')],
+], ids=['first-bytes', 'past-the-end', 'if-range'])
+def test_attack_front_range_gets_the_whole_document(fronts, name, headers):
+    """A push with a Range header is answered with the whole document, not 206 and a piece
+    of it ("<Stat") nor a 416 HTML page; the push is stored."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    response = exchange(front, request_bytes(push_target(front.page, phone, word, guid),
+                                             headers=headers))
+    assert_status_document(response, DONE, codes=[200])
+    assert len(stored(front, guid)) == 1
+    assert_logs_clean(front, phone, word)
+
+
+@pytest.mark.parametrize('name', OWN_SERVER)
+def test_attack_front_options_asterisk_is_a_status_document(fronts, name):
+    """"OPTIONS *", which Apache's core would answer with an empty 200, gets a Status
+    document. (Under CGI the host answers it: the .htaccess is never read.)"""
+    front = fronts(name)
+    response = exchange(front, request_bytes('*', method='OPTIONS'))
+    assert_status_document(response)
+    assert 400 <= response.status < 500, response
+
+
+@pytest.mark.parametrize('name,confs', [(name, 'debian') for name in OWN_SERVER] + [
+    (name, 'without-security-conf') for name in OWN_SERVER if name != 'nginx'])
+def test_attack_front_trace_echoes_nothing(name, confs):
+    """TRACE is refused with a Status document and echoes nothing back, on Debian's confs
+    and on a server without security.conf's TraceEnable Off (Apache's own default is On, as
+    on CentOS)."""
+    options = {} if name == 'nginx' or confs == 'debian' else {'confs': tuple(
+        conf for conf in support.DEBIAN_CONFS if conf != 'security')}
+    front = support.start(name, **options)
+    try:
+        front.since = front.mark()
+        phone, word, guid = new_phone(), marker(), support.new_guid()
+        response = exchange(front, request_bytes(push_target(front.page, phone, word, guid),
+                                                 method='TRACE'))
+        assert_status_document(response)
+        assert response.status in (403, 405), response
+        assert stored(front, guid) == []
+        assert_logs_clean(front, phone, word)
+    finally:
+        front.stop()
+
+
+@pytest.mark.parametrize('name', ['mod_wsgi', 'passenger', 'apache_proxy'])
+@pytest.mark.parametrize('page', ['/server-status', '/server-status?notable', '/server-status?auto'])
+def test_attack_front_server_status_shows_no_request_line(fronts, name, page):
+    """Debian's mod_status (status.conf: /server-status for this machine, ExtendedStatus On)
+    shows another local user (127.0.0.2) no push: neither the secret nor its text."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    response = exchange(front, request_bytes(push_target(front.page, phone, word, guid)))
+    assert_status_document(response, DONE, codes=[200])
+    status = exchange(front, request_bytes(page), source='127.0.0.2')
+    assert status.status == 200 and b'Apache' in status.body, status     # the page is there
+    for secret in (TOKEN, TOKEN[4:], word, phone[2:]):
+        assert secret.encode() not in status.body, (secret, status.body[:3000])
+
+
+def post_expecting_continue(front, phone, word, guid, wait=1.0):
+    """A POST push as .NET's HttpWebRequest sends it: headers with Expect: 100-continue, then
+    the body once "100 Continue" came or after `wait` seconds: (first bytes, Response)."""
+    body = ('guid=%s&phone=%s&message=%s' % (guid, phone, word)).encode()
+    head = request_bytes(front.page, method='POST', headers=[
+        ('Content-Type', 'application/x-www-form-urlencoded'),
+        ('Content-Length', str(len(body))), ('Expect', '100-continue')])
+    sock = connect(front, timeout=wait)
+    try:
+        sock.sendall(head)
+        try:
+            first = sock.recv(4096)
+        except socket.timeout:
+            first = b''
+        sock.settimeout(15)
+        sock.sendall(body)
+        return first, read_response(sock, first.partition(b'\r\n\r\n')[2]
+                                    if first.startswith(b'HTTP/1.1 100') else first)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize('name', FRONTS + ['small_server'])
+def test_attack_front_post_with_expect_100_continue_is_stored(fronts, name):
+    """A POST with Expect: 100-continue (.NET's default) is answered 100 Continue and stored,
+    at once: not left waiting for a 100 that never comes (Apache's mod_proxy_http passes the
+    header on and waits for the receiver's)."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    started = time.monotonic()
+    first, response = post_expecting_continue(front, phone, word, guid)
+    assert first.startswith(b'HTTP/1.1 100 Continue\r\n'), first
+    assert_status_document(response, DONE, codes=[200])
+    assert time.monotonic() - started < 3
+    assert len(stored(front, guid)) == 1
+    assert_logs_clean(front, phone, word)
+
+
+@pytest.mark.parametrize('path', ['/SECRET/x', '/SECRET/x/y/z', '/x/SECRET/', '/a/b/c/SECRET',
+                                  '//SECRET', '/SECRET//'])
+def test_attack_front_cgi_any_path_after_the_script_logs_no_secret(fronts, path):
+    """Whatever path follows receiver.cgi, Apache's PATH_TRANSLATED lookup stays in the
+    uploaded folder: no AH01630 naming the secret in the host's error log."""
+    front = fronts('cgi')
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    target = '/fibosms/receiver.cgi' + path.replace('SECRET', TOKEN)
+    response = exchange(front, request_bytes(push_target(target, phone, word, guid)))
+    assert_status_document(response, DONE if path.rstrip('/').endswith('SECRET') else RETRY)
+    assert_logs_clean(front, phone, word)
+    for log, text in front.logs(since=front.since).items():
+        assert 'AH01630' not in text, (log, text)
+
+
+def test_attack_front_nginx_out_of_connections_is_try_again_and_logs_nothing(fronts):
+    """With worker_connections (64 on the test host) all but used up by clients that sent
+    half a request, so that nginx takes the push but has no connection left to pass it on, it
+    is answered "try again" (HTTP 200, <Status>1</Status>), not a 500, and nginx's alert
+    about it, which quotes the request line, is in no log."""
+    front = fronts('nginx')
+    held = []
+    try:
+        for _ in range(61):     # (nginx closes connections still in their TLS handshake)
+            sock = connect(front, timeout=10)
+            sock.sendall(b'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n')
+            held.append(sock)
+        time.sleep(0.3)
+        phone, word, guid = new_phone(), marker(), support.new_guid()
+        response = exchange(front, request_bytes(push_target(front.page, phone, word, guid)))
+        assert_status_document(response, RETRY, codes=[200])
+        assert stored(front, guid) == []
+        assert_logs_clean(front, phone, word)
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    guid, response = front.push()
+    assert_status_document(response, DONE, codes=[200])
+
+
+def tls_request_then_bad_record(front, data):
+    """A TLS connection that sends `data` (an unfinished request), then a record that fails
+    to decrypt: what it got back before the server closed it."""
+    raw = socket.create_connection(('127.0.0.1', front.port), timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=front.cafile).wrap_bio(
+        incoming, outgoing, server_hostname='127.0.0.1')
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(data)
+        raw.sendall(outgoing.read())
+        time.sleep(0.3)
+        raw.sendall(b'\x17\x03\x03\x00\x20' + os.urandom(32))
+        answer = b''
+        while True:
+            try:
+                chunk = raw.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize('name', OWN_SERVER)
+def test_attack_front_bad_tls_record_after_an_unfinished_request_logs_nothing(fronts, name):
+    """A record that fails to decrypt after the request line of a push (nginx logs that at
+    [crit], request line and all) leaves no log holding the secret or the text."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    data = request_bytes(push_target(front.page, phone, word, guid))
+    tls_request_then_bad_record(front, data[:data.index(b'\r\n') + 2])
+    assert stored(front, guid) == []
     assert_logs_clean(front, phone, word)

@@ -287,14 +287,18 @@ def test_proxy_passes_on_the_callers_address(site):
         time.sleep(0.05)
 
 
-def daemon_pids():
-    """The process ids of the snippet's WSGIDaemonProcess (display-name=%{GROUP})."""
+def daemon_pids(apache):
+    """The process ids of the snippet's WSGIDaemonProcess (display-name=%{GROUP}), children
+    of `apache`'s parent process (not of another Apache on this machine)."""
     pids = set()
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
             with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                if f.read().startswith(b'(wsgi:fibosms)'):
-                    pids.add(pid)
+                named = f.read().startswith(b'(wsgi:fibosms)')
+            with open('/proc/%s/status' % pid) as f:
+                parent = [line.split()[1] for line in f if line.startswith('PPid:')]
+            if named and parent == [str(apache.process.pid)]:
+                pids.add(pid)
         except OSError:
             pass
     return pids
@@ -304,16 +308,17 @@ def daemon_pids():
 def test_mod_wsgi_touch_script_reloads_daemon(site):
     """Touching receiver.py, as the snippet says, restarts the daemon processes."""
     assert site.push()[1].body == DONE
-    before = daemon_pids()
+    apache = site.servers[0]
+    before = daemon_pids(apache)
     assert before, 'no (wsgi:fibosms) daemon process'
     later = time.time() + 5
     script = os.path.join(site.ws.app, 'receiver.py')
     os.utime(script, (later, later))
     deadline = time.monotonic() + 10
-    while daemon_pids() & before and time.monotonic() < deadline:
+    while daemon_pids(apache) & before and time.monotonic() < deadline:
         assert site.push()[1].body == DONE
         time.sleep(0.1)
-    assert not daemon_pids() & before, 'the daemon processes were not restarted'
+    assert not daemon_pids(apache) & before, 'the daemon processes were not restarted'
 
 
 # -- Without a server -------------------------------------------------------------------------

@@ -99,9 +99,9 @@ def test_consumer_refuses_a_changed_body(consumer, captured):
 
 
 def test_consumer_refuses_a_wrong_secret(make_client, consumer, db):
-    """The receiver signing with another secret gets 401: the row failed, the gateway 503."""
+    """The receiver signing with another secret gets 401: the row failed, the gateway "try again"."""
     client = make_client(forward_url=consumer.url, forward_secret=WRONG_SECRET)
-    res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=503,
+    res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=200,
                      expect_errors=True)
     assert res.body == RETRY
     assert 'HTTP 401' in res.errors
@@ -110,7 +110,7 @@ def test_consumer_refuses_a_wrong_secret(make_client, consumer, db):
     assert consumer.rows('sms') == []
 
 
-@pytest.mark.parametrize('offset', [-301, -3600, +301])
+@pytest.mark.parametrize('offset', [-305, -3600, +305])   # 5 s over: the clocks tick apart
 def test_consumer_refuses_a_stale_timestamp(consumer, captured, offset):
     """A correctly signed request whose timestamp is over 5 minutes off gets 401."""
     headers, body = captured()
@@ -164,7 +164,7 @@ def test_consumer_log_has_no_message_phone_or_secret(make_client, consumer, capt
     headers, body = captured()
     send(consumer, headers, body.replace(b'0912345678', b'0999999999'))
     make_client(forward_url=consumer.url, forward_secret=WRONG_SECRET).get(
-        '/?guid=g-9&phone=0912345678&message=hi', status=503, expect_errors=True)
+        '/?guid=g-9&phone=0912345678&message=hi', status=200, expect_errors=True)
     log = consumer.log()
     assert log.count('fibosms-consumer: 401') == 2, log
     for private in ('0912345678', '0999999999', 'Nẵng', SECRET[6:], WRONG_SECRET[6:]):
@@ -176,7 +176,7 @@ def test_consumer_without_a_secret_refuses_everything(tmp_path, make_client, db)
     server = Consumer(None, str(tmp_path / 'c' / 'consumer.sqlite3'), str(tmp_path / 'php.log'))
     try:
         client = make_client(forward_url=server.url, forward_secret=SECRET)
-        res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=503,
+        res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=200,
                          expect_errors=True)
         assert 'HTTP 500' in res.errors
         assert 'not configured' in rows(db)[0]['last_error']
@@ -193,7 +193,7 @@ def test_consumer_whose_work_fails_answers_500_and_handles_it_later(tmp_path, ma
     server = Consumer(SECRET, str(blocker / 'consumer.sqlite3'), str(tmp_path / 'php.log'))
     client = make_client(forward_url=server.url, forward_secret=SECRET)
     try:
-        res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=503,
+        res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=200,
                          expect_errors=True)
         assert 'HTTP 500' in res.errors
         assert 'the work failed: PDOException' in rows(db)[0]['last_error']
