@@ -1,58 +1,81 @@
 #!/usr/bin/env python3
-"""What one FiboSMS push costs: receiver.py against the PHP page a business would otherwise write.
+"""What one FiboSMS push costs: the receiver against the PHP page a business would otherwise write.
 
     python3 bench/run.py [--quick] [--parts cgi,inprocess,servers] [--code DIR]
 
 Debian packages: apache2, libapache2-mod-wsgi-py3, php-fpm, php-cgi, php-sqlite3, wrk,
-hyperfine. The peer is bench/peers/receiver.php: the same protocol, table rule (UNIQUE guid,
-checked and inserted in one BEGIN IMMEDIATE transaction) and durability (WAL,
-synchronous=FULL), written as a plain page: PDO, a connection per request.
+hyperfine, openssl. The peer is bench/peers/receiver.php: the same protocol, table rule (UNIQUE
+guid, checked and inserted in one BEGIN IMMEDIATE transaction) and durability (WAL,
+synchronous=FULL), written as a plain page: PDO, a connection per request, its secret and
+database in SetEnv (the environment). The receiver is set up as shipped: every .py file
+users upload (tests/support.py's CODE) in a code folder, and its settings (the secret) in
+fibosms-data/settings.env, deploy/settings.env's text, read at every push; the database
+beside it. The servers are tests/support.py's.
 
 1. CGI processes, timed by hyperfine: one push (a first delivery: the row is deleted before
-   each run) as ``python3 receiver.py`` and as deploy/cgi/receiver.cgi, run by its first line
-   as a web server runs it, with the environment a web server gives a CGI script, against
-   ``python3 -c pass``; and
-   ``php-cgi receiver.php``. Wall time (hyperfine's median) and CPU time (its mean user +
-   system time).
-2. In-process: pushes per second through the WSGI callable against raw sqlite3 inserts of
-   the same row with the same durability over one open connection (the floor).
-3. Servers: four private Apache instances on 127.0.0.1 (tests/servers.py), one per page:
-   receiver.py under mod_wsgi (deploy/apache-mod_wsgi.conf, TLS lines dropped) and
-   receiver.php under php-fpm (proxy_fcgi; Debian's pool settings); deploy/cgi/receiver.cgi
-   under mod_cgid (with deploy/cgi/.htaccess) and receiver.php under php-cgi (mod_actions, as
-   Debian's php-cgi.conf shows). wrk (bench/mix.lua) sends new guids, or a retry-heavy mix
-   where 90% of pushes resend one of 100 stored pushes byte for byte. Pushes per second,
-   p50/p99 latency, and CPU per push: the user + system time, over the run, of a cgroup
-   holding the server and every process it starts (Apache, mod_wsgi's daemon, php-fpm, each
-   CGI process), divided by the pushes wrk counted. Needs root (for the cgroups).
+   each run) as ``python3 receiver.py`` (HOME set, so that it finds ~/fibosms-data/settings.env,
+   as on a shared host) and as deploy/cgi/receiver.cgi (CODE_DIR and CONFIG filled in by
+   support.cgi_script), run by its first line as a web server runs it, with the environment a
+   web server gives a CGI script, against ``python3 -c pass``; and ``php-cgi receiver.php``.
+   Wall time (hyperfine's median) and CPU time (its mean user + system time).
+2. In-process: pushes per second through the WSGI callable (make_app(config=its settings
+   file)) against the floor: raw sqlite3 inserts of the same row (storage.INSERT_MESSAGE, the
+   schema of storage.MIGRATIONS) with the same durability, one BEGIN IMMEDIATE ... COMMIT and
+   so one fsync per push, over one open connection. On the disk and on tmpfs (where a commit
+   waits for no disk, leaving the Python each costs), and pushes forwarded, signed, to an
+   application on 127.0.0.1. This part runs in the Python that runs this script: run it with
+   /usr/bin/python3, what mod_wsgi runs (the results name it).
+3. Servers: four private Apache instances on 127.0.0.1, one per page: receiver.py under
+   mod_wsgi (support.setup_mod_wsgi: deploy/apache-mod_wsgi.conf, with SSLEngine off) and
+   receiver.php under php-fpm (proxy_fcgi; Debian's pool settings); deploy/cgi/ under mod_cgid
+   (support.setup_cgi: its .htaccess and receiver.cgi, as on a shared host) and receiver.php
+   under php-cgi (mod_actions, as Debian's php-cgi.conf shows). wrk (bench/mix.lua) sends new
+   guids, or a retry-heavy mix where 90% of pushes resend one of 100 stored pushes byte for
+   byte. Pushes per second, p50/p99 latency, answers that were not <Status>2</Status>, and CPU
+   per push: the user + system time, over the run, of a cgroup holding the server and every
+   process it starts (Apache, mod_wsgi's daemon, php-fpm, each CGI process), divided by the
+   pushes wrk counted. Each server's error logs (and receiver.log) are summed up in the
+   results before it is removed. Needs root (for the cgroups, and the servers' users).
 
 The machine is assumed busy: what is compared takes turns round by round, and every figure is the
 median over rounds (of each measure, and of each round's ratio). The table is printed and
-written with every sample to bench/results/ (latest.json and a dated copy). --code DIR takes
-receiver.py and storage.py from DIR, to measure a change before it is applied.
+written with every sample to bench/results/ (latest.json and a dated copy). Every part measures
+the .py files as they were when the run started (the results name them, their sha256 and
+which were not committed). --code DIR takes them from DIR, to measure a change before it is
+applied.
 """
 import argparse
+import collections
 import glob
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
-import servers  # noqa: E402  (tests/servers.py: private Apache instances)
+try:
+    import pytest  # noqa: F401  (tests/support.py imports it, for need()'s skip)
+except ImportError:     # /usr/bin/python3 without python3-pytest: need() then stops the bench
+    def _missing(reason):
+        raise SystemExit('bench/run.py: ' + reason)
+    sys.modules['pytest'] = types.SimpleNamespace(skip=_missing, fail=_missing)
+import support  # noqa: E402  (tests/support.py: workspaces, private Apache instances)
 
 PYTHON = '/usr/bin/python3'     # what Debian's mod_wsgi and a shared host's CGI run
 PHP_PAGE = os.path.join(HERE, 'peers', 'receiver.php')
 MIX = os.path.join(HERE, 'mix.lua')
 FORWARD_SECRET = 'whsec_' + 'MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY='  # 32 bytes
-TOKEN = servers.TOKEN
-DONE = b'<Status>2</Status>'
+TOKEN = support.TOKEN
+DONE = support.DONE
 PAIRS = (('mod_wsgi', 'php-fpm'), ('cgi', 'php-cgi'))   # receiver.py, its PHP peer
 DELETE_ROWS = ('%s -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); '
                'c.execute(\'DELETE FROM messages\'); c.commit(); c.close()" %s')
@@ -69,42 +92,76 @@ def say(text):
 
 
 def copy_code(code, folder):
-    for name in ('receiver.py', 'storage.py'):
+    """Every .py file users upload (support.CODE; with --code, DIR's), and no other, into
+    `folder`, mode 644."""
+    names = support.CODE if os.path.realpath(code) == os.path.realpath(ROOT) else sorted(
+        name for name in os.listdir(code) if name.endswith('.py'))
+    for name in os.listdir(folder):
+        if name.endswith('.py'):
+            os.remove(os.path.join(folder, name))
+    for name in names:
         shutil.copyfile(os.path.join(code, name), os.path.join(folder, name))
+        os.chmod(os.path.join(folder, name), 0o644)
+
+
+def data_folder(place, name, *lines):
+    """A data folder of this process's user, `place`/`name` (mode 700), holding settings.env
+    (deploy/'s text, TOKEN the secret, `lines` added; mode 600), as support.Workspace writes
+    it for the receiver's user: the settings file's path. The database goes beside it."""
+    folder = os.path.join(place, name)
+    os.mkdir(folder, 0o700)
+    config = os.path.join(folder, 'settings.env')
+    text = support.snippet('settings.env', [('change-me-to-a-long-random-secret', TOKEN)])
+    with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f:
+        f.write(text + ''.join(line + '\n' for line in lines))
+    return config
 
 
 # -- 1. CGI processes -------------------------------------------------------------------------
 
-def bench_cgi(work, code, rounds, runs):
-    folder = os.path.join(work, 'cgi')
-    os.mkdir(folder, 0o700)     # the receiver refuses a database folder open to others
-    copy_code(code, folder)
-    db, php_db = os.path.join(folder, 'receiver.sqlite3'), os.path.join(folder, 'php.sqlite3')
-    with open(os.path.join(folder, 'receiver.cgi'), 'w') as f:
-        f.write(servers.cgi_script(folder, db))
-    os.chmod(os.path.join(folder, 'receiver.cgi'), 0o755)
+def bench_cgi(code, rounds, runs):
+    ws = support.Workspace('bench-cgi')
+    try:
+        return cgi_rounds(ws, code, rounds, runs)
+    finally:
+        ws.remove()
+
+
+def cgi_rounds(ws, code, rounds, runs):
+    # hyperfine runs each process as this user (root), not as the workspace's: the data folder
+    # and its settings file are made this user's, as support.setup_cgi does for suEXEC.
+    os.chown(ws.data, os.geteuid(), os.getegid())
+    ws.settings()
+    copy_code(code, ws.app)
+    script = ws.write(os.path.join(ws.folder('site', 'fibosms'), 'receiver.cgi'),
+                      support.cgi_script(ws), mode=0o755)
+    db, php_db = ws.db, os.path.join(ws.folder('php', mode=0o700), 'php.sqlite3')
     env = {'PATH': '/usr/bin:/bin', 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
            'QUERY_STRING': push_query('cgi-1'), 'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '80',
            'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_SOFTWARE': 'Apache', 'REMOTE_ADDR': '127.0.0.1',
-           'SCRIPT_NAME': '/fibosms', 'PATH_INFO': '/' + TOKEN, 'FIBOSMS_TOKEN': TOKEN}
+           'SCRIPT_NAME': '/fibosms', 'PATH_INFO': '/' + TOKEN}
     groups = [  # (environment, database, {name: command}); php-cgi needs its own database
-        (dict(env, FIBOSMS_DB=db), db, {
+        # The receiver's settings: ~/fibosms-data/settings.env, or CONFIG in receiver.cgi.
+        (dict(env, HOME=ws.base), db, {
             'python3 -c pass': '%s -c pass' % PYTHON,
-            'python3 receiver.py': '%s %s/receiver.py' % (PYTHON, folder),
-            'receiver.cgi': '%s/receiver.cgi' % folder}),   # its first line names PYTHON
-        (dict(env, FIBOSMS_DB=php_db, SCRIPT_FILENAME=PHP_PAGE, REDIRECT_STATUS='200'), php_db,
+            'python3 receiver.py': '%s %s/receiver.py' % (PYTHON, ws.app),
+            'receiver.cgi': script}),   # its first line names PYTHON
+        # The PHP page's, as SetEnv gives them.
+        (dict(env, FIBOSMS_TOKEN=TOKEN, FIBOSMS_DB=php_db, SCRIPT_FILENAME=PHP_PAGE,
+              REDIRECT_STATUS='200'), php_db,
          {'php-cgi receiver.php': 'php-cgi %s' % PHP_PAGE})]
     for group_env, _, commands in groups:       # each answers 2 (and creates its database)
         for name, command in commands.items():
             out = subprocess.run(command.split(), env=group_env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
             if 'pass' not in name and not out.stdout.endswith(DONE):
-                raise RuntimeError('%s answered %r %r' % (name, out.stdout, out.stderr))
+                raise RuntimeError('%s answered %r %r %s' % (name, out.stdout, out.stderr,
+                                                            ws.receiver_log()))
     samples = {}
     for r in range(rounds):
         for group_env, group_db, commands in (groups if r % 2 else groups[::-1]):
             names = list(commands)[r % len(commands):] + list(commands)[:r % len(commands)]
-            export = os.path.join(work, 'hyperfine.json')
+            export = os.path.join(ws.base, 'hyperfine.json')
             done = subprocess.run(
                 ['hyperfine', '-N', '--style', 'none', '--warmup', '2', '--runs', str(runs),
                  '--prepare', DELETE_ROWS % (PYTHON, group_db), '--export-json', export]
@@ -143,9 +200,12 @@ def bench_inprocess(work, code, rounds, batch):
             'wsgi.input': io.BytesIO(b''), 'wsgi.errors': sys.stderr, 'wsgi.multithread': True,
             'wsgi.multiprocess': True, 'wsgi.run_once': False}
 
-    def database(place, name):   # each database in a folder of its own
+    def database(place, name):   # the floor's, in a folder of its own
         os.mkdir(os.path.join(place, name), 0o700)
         return os.path.join(place, name, 'messages.sqlite3')
+
+    def app(place, name, *lines):   # the receiver's: its settings file, the database beside it
+        return receiver.make_app(config=data_folder(place, name, *lines))
 
     def pusher(app):
         def push(guid):
@@ -161,23 +221,24 @@ def bench_inprocess(work, code, rounds, batch):
         for statement in storage.MIGRATIONS[0]:
             floor.execute(statement)
 
-        def insert(guid):
+        def insert(guid):   # the row storage.deliver inserts for this push, without a hook
             stamp = storage.utc_iso()
             floor.execute('BEGIN IMMEDIATE')
             floor.execute(storage.INSERT_MESSAGE, (
                 guid, '84912345678', '84912345678', 'Xin chao ' + guid, 'utf-8',
-                push_query(guid), '{}', '127.0.0.1', stamp, stamp, 'processed', None, stamp))
+                push_query(guid), '{}', '127.0.0.1', stamp, stamp, 'processed', None, None,
+                stamp))
             floor.execute('COMMIT')
         return insert
 
     # Forwarded: signed, to an application on 127.0.0.1 that answers 204.
     application, url = local_application()
     runs = {
-        'app': pusher(receiver.make_app(db=database(work, 'app'), token=TOKEN)),
+        'app': pusher(app(work, 'app')),
         'floor': inserter(database(work, 'floor')),
-        'forward': pusher(receiver.make_app(db=database(work, 'forward'), token=TOKEN,
-                                            forward_url=url, forward_secret=FORWARD_SECRET)),
-        'app_tmpfs': pusher(receiver.make_app(db=database(memory, 'app'), token=TOKEN)),
+        'forward': pusher(app(work, 'forward', 'FIBOSMS_FORWARD_URL=' + url,
+                              'FIBOSMS_FORWARD_SECRET=' + FORWARD_SECRET)),
+        'app_tmpfs': pusher(app(memory, 'app')),
         'floor_tmpfs': inserter(database(memory, 'floor'))}
 
     def per_second(fn, prefix):
@@ -188,7 +249,6 @@ def bench_inprocess(work, code, rounds, batch):
 
     for name, fn in runs.items():
         per_second(fn, 'warm-' + name)
-    time.sleep(3)   # as in a server that has run a while, the folders have settled (FileState)
     rates = {name: [] for name in runs}
     for r in range(rounds):
         names = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
@@ -196,7 +256,9 @@ def bench_inprocess(work, code, rounds, batch):
             rates[name].append(per_second(runs[name], '%s-%d' % (name, r)))
     application.shutdown()
     shutil.rmtree(memory)
-    result = {'rounds': rounds, 'batch': batch, 'samples': rates}
+    result = {'rounds': rounds, 'batch': batch, 'samples': rates,
+              'python': '%s %s, SQLite %s' % (sys.executable, sys.version.split()[0],
+                                              sqlite3.sqlite_version)}
     result.update(('%s_per_s' % name, median(rates[name])) for name in runs)
     for place in ('', '_tmpfs'):
         result['ratio' + place] = median([a / f for a, f in zip(rates['app' + place],
@@ -226,24 +288,27 @@ def local_application():
 # -- 3. Servers -------------------------------------------------------------------------------
 
 def site_mod_wsgi(ws):
-    config = servers.mod_wsgi_config(ws)
     # Loopback HTTP: TLS would cost every page the same.
-    config = '\n'.join(line for line in config.splitlines() if not line.lstrip().startswith('SSL'))
-    return ['wsgi', 'headers', 'reqtimeout'], config, '/fibosms/' + TOKEN
+    front = support.setup_mod_wsgi(ws, more=[('SSLEngine on', 'SSLEngine off')])
+    return front.servers, 'http://127.0.0.1:%d%s' % (front.port, front.page)
 
 
 def site_cgi(ws):
-    folder = ws.folder('www', 'fibosms')
-    ws.copy(os.path.join(servers.DEPLOY, 'cgi', '.htaccess'), folder + '/.htaccess', 0o644)
-    ws.write(folder + '/receiver.cgi', servers.cgi_script(ws.app, ws.db), mode=0o755)
-    # On a shared host the script's owner runs it, and Python caches the bytecode of
-    # receiver.py and storage.py at the first push; here the code is root's: cache it now.
+    # On a shared host the script's owner runs it, and Python caches the bytecode of the .py
+    # files at the first push; here the code is root's: cache it now.
     subprocess.run([PYTHON, '-m', 'compileall', '-q', ws.app], check=True)
-    return (['cgid', 'headers', 'rewrite'], 'ScriptSock %s/cgid.sock\n' % ws.run,
-            '/fibosms/receiver.cgi/' + TOKEN)
+    front = support.setup_cgi(ws)
+    return front.servers, front.url
 
 
+# The PHP pages: served from the DocumentRoot, their settings in SetEnv.
 PHP_SITE = """\
+DocumentRoot {www}
+<Directory {www}>
+    Options SymLinksIfOwnerMatch
+    AllowOverride All
+    Require all granted
+</Directory>
 SetEnv FIBOSMS_TOKEN %s
 SetEnv FIBOSMS_DB %s
 <FilesMatch "\\.php$">
@@ -269,20 +334,50 @@ pm.max_spare_servers = 3
 """
 
 
-def site_php_fpm(ws):
+class Process:
+    """A process this bench started, stopped as the servers are."""
+
+    def __init__(self, process):
+        self.process = process
+
+    def stop(self):
+        support.stop_process(self.process)
+
+
+def php_site(ws, handler):
     ws.copy(PHP_PAGE, ws.folder('www', 'fibosms') + '/receiver.php', 0o644)
-    handler = '"proxy:unix:%s/php-fpm.sock|fcgi://localhost"' % ws.run
-    return ['proxy', 'proxy_fcgi'], PHP_SITE % (TOKEN, ws.db, handler), \
-        '/fibosms/receiver.php/' + TOKEN
+    return PHP_SITE.format(www=ws.www) % (TOKEN, ws.db, handler)
+
+
+def site_php_fpm(ws):
+    config = ws.write(os.path.join(ws.base, 'php-fpm.conf'), FPM_CONFIG.format(
+        run=ws.run, logs=ws.logs, user=ws.user, group=ws.group))
+    socket = os.path.join(ws.run, 'php-fpm.sock')
+    fpm = Process(subprocess.Popen(
+        [sorted(glob.glob('/usr/sbin/php-fpm*'))[-1], '--nodaemonize', '--fpm-config', config],
+        env=support.SERVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + support.START_TIMEOUT
+    while not os.path.exists(socket):
+        if fpm.process.poll() is not None or time.monotonic() > deadline:
+            fpm.stop()
+            raise RuntimeError('php-fpm did not start:\n' + ws.log('php-fpm.log'))
+        time.sleep(0.05)
+    handler = '"proxy:unix:%s|fcgi://localhost"' % socket
+    try:
+        apache = support.Apache(ws, ['proxy', 'proxy_fcgi'], php_site(ws, handler)).start()
+    except BaseException:
+        fpm.stop()
+        raise
+    return [fpm, apache], 'http://127.0.0.1:%d/fibosms/receiver.php/%s' % (apache.port, TOKEN)
 
 
 def site_php_cgi(ws):
-    ws.copy(PHP_PAGE, ws.folder('www', 'fibosms') + '/receiver.php', 0o644)
     site = ('ScriptSock %s/cgid.sock\nScriptAlias /php-bin/ /usr/lib/cgi-bin/\n'
             '<Directory /usr/lib/cgi-bin>\n    Require all granted\n</Directory>\n'
             'Action application/x-httpd-php /php-bin/php\n' % ws.run)
-    return ['cgid', 'actions'], site + PHP_SITE % (TOKEN, ws.db, 'application/x-httpd-php'), \
-        '/fibosms/receiver.php/' + TOKEN
+    apache = support.Apache(ws, ['cgid', 'actions'],
+                            site + php_site(ws, 'application/x-httpd-php')).start()
+    return [apache], 'http://127.0.0.1:%d/fibosms/receiver.php/%s' % (apache.port, TOKEN)
 
 
 class ControlGroup:
@@ -332,35 +427,20 @@ class ControlGroup:
 
 
 class Server:
-    """One page on a private Apache (and, for php-fpm, a php-fpm master beside it)."""
+    """One page on a private Apache (and, for php-fpm, a php-fpm master beside it), in a
+    workspace of support.py's and a cgroup of its own."""
 
     def __init__(self, name, site, code):
-        self.name, self.fpm, self.group = name, None, None
-        self.ws = servers.Workspace('bench-' + name)
+        self.name, self.site, self.group, self.servers = name, site, None, []
+        self.ws = support.Workspace('bench-' + name)
         copy_code(code, self.ws.app)
-        modules, config, self.path = site(self.ws)
-        host = ('<Directory %s>\n    Options SymLinksIfOwnerMatch\n    AllowOverride All\n'
-                '    Require all granted\n</Directory>\nDocumentRoot %s\n'
-                % (self.ws.www, self.ws.www))
-        self.apache = servers.Apache(self.ws, modules, host + config)
-        if name == 'php-fpm':
-            self.fpm_config = self.ws.write(os.path.join(self.ws.base, 'php-fpm.conf'),
-                                            FPM_CONFIG.format(run=self.ws.run, logs=self.ws.logs,
-                                                              user=self.ws.user,
-                                                              group=self.ws.group))
 
     def start(self):
         self.group = ControlGroup(self.name)
         with self.group:
-            if self.name == 'php-fpm':
-                self.fpm = subprocess.Popen(
-                    [sorted(glob.glob('/usr/sbin/php-fpm*'))[-1], '--nodaemonize',
-                     '--fpm-config', self.fpm_config], env=servers.SERVER_ENV,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.apache.start()
-        self.url = 'http://127.0.0.1:%d%s' % (self.apache.port, self.path)
+            self.servers, self.url = self.site(self.ws)
         for i in range(100):     # the pushes the retry mix resends (and a check of the page)
-            answer = servers.get('%s?%s' % (self.url, push_query('retry-%d' % i)))
+            answer = support.get('%s?%s' % (self.url, push_query('retry-%d' % i)))
             if (answer.status, answer.body) != (200, DONE):
                 raise RuntimeError('%s answered %r; see %s' % (self.name, answer, self.ws.logs))
         return self
@@ -377,9 +457,24 @@ class Server:
                       cpu_ms=cpu * 1e3 / max(result['requests'], 1))
         return result
 
+    def logs(self):
+        """{log file: {'lines': N, 'top': [[count, line], ...]}} of the error logs and
+        receiver.log (not the access logs), each line's digits as # so that alike lines
+        count together: what a server said while it was measured."""
+        found = {}
+        names = [n for n in sorted(os.listdir(self.ws.logs)) if 'access' not in n]
+        for name in names + [os.path.join(self.ws.data, 'receiver.log')]:
+            lines = [line for line in self.ws.log(name).splitlines() if line.strip()]
+            if lines:
+                alike = collections.Counter(
+                    re.sub(r'\d+', '#', re.sub(r'^(\[[^]]*\] )+', '', line)) for line in lines)
+                found[os.path.basename(name)] = {'lines': len(lines), 'top': [
+                    [count, line[:300]] for line, count in alike.most_common(5)]}
+        return found
+
     def stop(self):
-        self.apache.stop()
-        servers.stop_process(self.fpm)
+        for server in reversed(self.servers):
+            server.stop()
         self.ws.remove()
         if self.group:
             self.group.remove()
@@ -388,7 +483,7 @@ class Server:
 def bench_servers(code, rounds, seconds, levels):
     sites = {'mod_wsgi': site_mod_wsgi, 'php-fpm': site_php_fpm, 'cgi': site_cgi,
              'php-cgi': site_php_cgi}
-    running, runs = [], []
+    running, runs, logs = [], [], {}
     try:
         for name, site in sites.items():
             running.append(Server(name, site, code))
@@ -404,11 +499,13 @@ def bench_servers(code, rounds, seconds, levels):
                         out.update(server=server.name, mode=mode, connections=c, round=r)
                         runs.append(out)
                         say('  %-8s %-6s c=%-3d %6.0f/s p50 %6.2f ms p99 %7.2f ms CPU %5.2f ms '
-                            'errors %d' % (server.name, mode, c, out['per_s'],
-                                           out['p50_us'] / 1e3, out['p99_us'] / 1e3,
-                                           out['cpu_ms'], out['errors']))
+                            'errors %d answered-not-2 %d' % (
+                                server.name, mode, c, out['per_s'], out['p50_us'] / 1e3,
+                                out['p99_us'] / 1e3, out['cpu_ms'], out['errors'],
+                                out['not_done']))
     finally:
         for server in running:
+            logs[server.name] = server.logs()
             server.stop()
     summary = {}
     for mode in ('unique', 'retry'):
@@ -417,7 +514,9 @@ def bench_servers(code, rounds, seconds, levels):
                            == (name, mode, c)] for name in sites}
             row = {name: dict({key: median([x[key] for x in xs])
                                for key in ('per_s', 'p50_us', 'p99_us', 'cpu_ms')},
-                              errors=sum(x['errors'] for x in xs))
+                              requests=sum(x['requests'] for x in xs),
+                              errors=sum(x['errors'] for x in xs),
+                              not_done=sum(x['not_done'] for x in xs))
                    for name, xs in pick.items()}
             for ours, peer in PAIRS:
                 pairs = list(zip(pick[ours], pick[peer]))
@@ -425,7 +524,7 @@ def bench_servers(code, rounds, seconds, levels):
                                           for key in ('per_s', 'p99_us', 'cpu_ms')}
             summary['%s c=%d' % (mode, c)] = row
     return {'rounds': rounds, 'seconds': seconds, 'levels': levels, 'summary': summary,
-            'runs': runs}
+            'logs': logs, 'runs': runs}
 
 
 # -- The table --------------------------------------------------------------------------------
@@ -440,7 +539,8 @@ def machine(work):
     with open('/proc/cpuinfo') as f:
         cpu = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
     return {
-        'cpus': os.cpu_count(), 'cpu': cpu[0] if cpu else None, 'kernel': platform.release(),
+        'cpus': os.cpu_count(), 'nproc': int(first_line('nproc')),
+        'cpu': cpu[0] if cpu else None, 'kernel': platform.release(),
         'filesystem': ' on '.join(first_line('findmnt', '-no', 'FSTYPE,SOURCE', '-T', work)
                                   .split()),
         'python': first_line(PYTHON, '-c', 'import sys, sqlite3; print(sys.version.split()[0],'
@@ -467,10 +567,10 @@ def table(results):
                 name, x['wall_ms'], x['wall_x_pass'], x['cpu_ms'], x['cpu_x_pass']))
     inproc = results.get('inprocess')
     if inproc:
-        lines += ['', '2. In-process (median of %d rounds of %d): WSGI callable %.0f pushes/s, '
-                  'raw sqlite3 %.0f inserts/s: %.2fx' % (inproc['rounds'], inproc['batch'],
-                                                         inproc['app_per_s'],
-                                                         inproc['floor_per_s'], inproc['ratio']),
+        lines += ['', '2. In-process (median of %d rounds of %d; %s): WSGI callable %.0f '
+                  'pushes/s, raw sqlite3 %.0f inserts/s: %.2fx' % (
+                      inproc['rounds'], inproc['batch'], inproc['python'], inproc['app_per_s'],
+                      inproc['floor_per_s'], inproc['ratio']),
                   '   on tmpfs: %.1f us a push, %.1f us an insert' % (
                       1e6 / inproc['app_tmpfs_per_s'], 1e6 / inproc['floor_tmpfs_per_s']),
                   '   forwarding each push, signed, to an application on 127.0.0.1: '
@@ -479,14 +579,17 @@ def table(results):
     if srv:
         lines += ['', '3. Apache on 127.0.0.1, wrk %d s per load, median of %d rounds; '
                   'pushes/s, p50 and p99 ms, CPU ms per push; x: receiver / PHP'
-                  % (srv['seconds'], srv['rounds'])]
+                  % (srv['seconds'], srv['rounds']),
+                  '   (!N: N requests failed, for wrk; ?N: N answers were not <Status>2</Status>;'
+                  ' over all rounds)']
         for ours, peer in PAIRS:
             lines.append('   %-12s %-30s %-30s %5s %5s %5s' % (
                 'load', ours, peer, 'x/s', 'x p99', 'x CPU'))
             for load, row in srv['summary'].items():
-                cells = ['%6.0f %6.2f %7.2f %6.2f%s' % (
+                cells = ['%6.0f %6.2f %7.2f %6.2f%s%s' % (
                     row[n]['per_s'], row[n]['p50_us'] / 1e3, row[n]['p99_us'] / 1e3,
-                    row[n]['cpu_ms'], ' !%d' % row[n]['errors'] if row[n]['errors'] else '  ')
+                    row[n]['cpu_ms'], ' !%d' % row[n]['errors'] if row[n]['errors'] else '',
+                    ' ?%d' % row[n]['not_done'] if row[n]['not_done'] else '')
                          for n in (ours, peer)]
                 x = row[ours + '/' + peer]
                 lines.append('   %-12s %-30s %-30s %5.2f %5.2f %5.2f' % (
@@ -500,21 +603,36 @@ def main(argv=None):
     parser.add_argument('--parts', default='cgi,inprocess,servers', help='(%(default)s)')
     parser.add_argument('--levels', default='1,4,16', help='wrk connections (%(default)s)')
     parser.add_argument('--code', default=ROOT,
-                        help='the folder receiver.py and storage.py come from (%(default)s)')
+                        help="the folder the receiver's .py files come from (%(default)s)")
     args = parser.parse_args(argv)
-    code, quick, parts = os.path.abspath(args.code), args.quick, args.parts.split(',')
+    source, quick, parts = os.path.abspath(args.code), args.quick, args.parts.split(',')
     work = tempfile.mkdtemp(prefix='fibosms-bench-')
     started = time.time()
+    # Every part measures the code as it was at the start, even if it is edited meanwhile.
+    code = os.path.join(work, 'code')
+    os.mkdir(code)
+    copy_code(source, code)
+    names = sorted(os.listdir(code))
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(code, name), 'rb') as f:
+            digest.update(name.encode() + b'\0' + f.read())
+
+    def git(*command):
+        return subprocess.run(['git', '-C', source] + list(command), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, universal_newlines=True).stdout
     results = {'started': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started)),
                'command': ' '.join(['python3', 'bench/run.py'] + sys.argv[1:]),
-               'commit': subprocess.run(['git', '-C', code, 'describe', '--always', '--dirty'],
-                                        stdout=subprocess.PIPE, universal_newlines=True
-                                        ).stdout.strip(),
+               'python': sys.executable,
+               'commit': git('describe', '--always', '--dirty').strip(),
+               'code': {'from': source, 'files': names, 'sha256': digest.hexdigest(),
+                        'uncommitted': [line[3:] for line in git(
+                            'status', '--porcelain', '--', *names).splitlines()]},
                'machine': machine(work)}
     try:
         if 'cgi' in parts:
             say('1. CGI processes ...')
-            results['cgi'] = bench_cgi(work, code, 3 if quick else 10, 10 if quick else 30)
+            results['cgi'] = bench_cgi(code, 3 if quick else 10, 10 if quick else 30)
         if 'inprocess' in parts:
             say('2. In-process ...')
             results['inprocess'] = bench_inprocess(work, code, 3 if quick else 15,
