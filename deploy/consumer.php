@@ -30,10 +30,12 @@
 // environment (Apache: SetEnv FIBOSMS_FORWARD_SECRET ...; PHP-FPM: env[FIBOSMS_FORWARD_SECRET])
 // and left as it is here; if you write it here instead, keep this file unreadable to others.
 $SECRET = getenv('FIBOSMS_FORWARD_SECRET');
-// CHANGE: the database, OUTSIDE the web root, in a folder the web server's user may write.
-// By default a folder beside the web root: /home/you/public_html -> /home/you/fibosms-consumer/
-$DATABASE = getenv('FIBOSMS_CONSUMER_DB')
-    ?: dirname(realpath($_SERVER['DOCUMENT_ROOT'])) . '/fibosms-consumer/consumer.sqlite3';
+// CHANGE: the database, OUTSIDE the web root, in a folder the user PHP runs as may write.
+// By default fibosms-consumer/ in that user's home folder ($HOME, else its passwd entry):
+// /home/you/fibosms-consumer/consumer.sqlite3, made 0700 and 0600. A path inside the web root,
+// or inside a folder named public_html, htdocs, httpdocs or html, is refused (500): another
+// site of the account (a cPanel addon domain's folder is inside public_html) could serve it.
+$DATABASE = getenv('FIBOSMS_CONSUMER_DB') ?: home_folder() . '/fibosms-consumer/consumer.sqlite3';
 
 const TOLERANCE = 300;          // seconds a webhook-timestamp may be off (the spec's 5 minutes)
 const MAX_BODY = 65536;         // bytes; the receiver's pushes are far smaller
@@ -90,13 +92,52 @@ function signature_matches($key, $id, $timestamp, $body, $signatures)
     return $match;
 }
 
+function home_folder()
+{
+    $home = getenv('HOME');
+    if (!$home && function_exists('posix_getpwuid')) {
+        $user = posix_getpwuid(posix_geteuid());
+        $home = $user ? $user['dir'] : '';
+    }
+    return rtrim((string) $home, '/');
+}
+
+/** Why $path may not hold the database (a folder a web server may serve), or null. */
+function database_problem($path)
+{
+    if (substr($path, 0, 1) !== '/') {
+        return 'the database ' . $path . ' is not an absolute path: set FIBOSMS_CONSUMER_DB';
+    }
+    $folder = dirname($path);
+    $rest = '';
+    while (realpath($folder) === false && $folder !== dirname($folder)) {  // not made yet
+        $rest = '/' . basename($folder) . $rest;
+        $folder = dirname($folder);
+    }
+    $real = rtrim(realpath($folder), '/') . $rest;
+    $root = empty($_SERVER['DOCUMENT_ROOT']) ? false : realpath($_SERVER['DOCUMENT_ROOT']);
+    $served = array_intersect(explode('/', strtolower($real)),
+                              ['public_html', 'htdocs', 'httpdocs', 'html']);
+    if ($served || ($root !== false && strpos($real . '/', rtrim($root, '/') . '/') === 0)) {
+        return 'the database ' . $path . ' is in a web root: set FIBOSMS_CONSUMER_DB to a path'
+               . ' outside it';
+    }
+    return null;
+}
+
 function open_database($path)
 {
-    if (!is_dir(dirname($path))) {
-        @mkdir(dirname($path), 0700, true);     // if it fails, PDO says so just below
+    $umask = umask(0077);   // the folder 0700, the database and its journal 0600
+    try {
+        if (!is_dir(dirname($path))) {
+            @mkdir(dirname($path), 0700, true);     // if it fails, PDO says so just below
+        }
+        $db = new PDO('sqlite:' . $path, null, null,
+                      [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5]);
+    } finally {
+        umask($umask);
     }
-    $db = new PDO('sqlite:' . $path, null, null,
-                  [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5]);
+    @chmod($path, 0600);    // one made by an older version of this page was 0644
     $db->exec('PRAGMA synchronous = FULL');
     // Every id is kept, not 5 minutes' worth: the receiver may send a message again days later.
     $db->exec('CREATE TABLE IF NOT EXISTS handled (webhook_id TEXT PRIMARY KEY,'
@@ -116,6 +157,10 @@ if ($_SERVER['REQUEST_METHOD'] !== 'POST') {
 $key = secret_key($SECRET);
 if ($key === false) {
     answer(500, 'not configured: FIBOSMS_FORWARD_SECRET is not whsec_ and the base64 of 24+ bytes');
+}
+$problem = database_problem($DATABASE);
+if ($problem !== null) {
+    answer(500, 'not configured: ' . $problem);
 }
 $body = file_get_contents('php://input', false, null, 0, MAX_BODY + 1);
 if ($body === false || strlen($body) > MAX_BODY) {

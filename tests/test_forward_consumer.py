@@ -5,6 +5,7 @@ import base64
 import http.client
 import json
 import os
+import stat
 import time
 
 import pytest
@@ -211,21 +212,58 @@ def test_consumer_whose_work_fails_answers_500_and_handles_it_later(tmp_path, ma
         server.stop()
 
 
-def test_consumer_keeps_its_database_beside_the_web_root_by_default(tmp_path, make_client):
-    """Without FIBOSMS_CONSUMER_DB the page keeps its database in fibosms-consumer/ beside
-    its document root, never under it."""
+def addon_domain(tmp_path):
+    """A cPanel account: home/, and consumer.php in public_html/addon.example/, an addon
+    domain's folder, which is inside the main domain's public_html: (home, script)."""
     import shutil
-    www = tmp_path / 'public_html'
-    www.mkdir()
+    home = tmp_path / 'home'
+    www = home / 'public_html' / 'addon.example'
+    www.mkdir(parents=True)
     script = str(www / 'consumer.php')
     shutil.copyfile(os.path.join(DEPLOY, 'consumer.php'), script)
-    expected = str(tmp_path / 'fibosms-consumer' / 'consumer.sqlite3')
+    return home, script
+
+
+def test_consumer_keeps_its_database_in_its_users_home_by_default(tmp_path, make_client):
+    """Without FIBOSMS_CONSUMER_DB the page keeps its database in fibosms-consumer/ in the home
+    folder (0700, the file 0600), never beside its document root: for an addon domain that is
+    the main domain's public_html, where the file could be downloaded."""
+    home, script = addon_domain(tmp_path)
+    expected = str(home / 'fibosms-consumer' / 'consumer.sqlite3')
     server = Consumer(SECRET, expected, str(tmp_path / 'php.log'), script=script,
-                      default_db=True)
+                      default_db=True, env={'HOME': str(home)})
     try:
         client = make_client(forward_url=server.url, forward_secret=SECRET)
         assert client.get('/?guid=g-1&phone=0912345678&message=hi').body == DONE
         assert [r[0] for r in server.rows('sms')] == ['g-1']
-        assert sorted(os.listdir(str(www))) == ['consumer.php']
+        assert stat.S_IMODE(os.stat(os.path.dirname(expected)).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(expected).st_mode) == 0o600
+        assert sorted(os.listdir(str(home / 'public_html'))) == ['addon.example']
+        assert sorted(os.listdir(os.path.dirname(script))) == ['consumer.php']
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize('where', ['public_html/fibosms-consumer/c.sqlite3',
+                                   'public_html/addon.example/data/c.sqlite3',
+                                   'public_html/addon.example/c.sqlite3', 'relative'])
+def test_consumer_refuses_a_database_a_web_server_may_serve(tmp_path, make_client, where):
+    """FIBOSMS_CONSUMER_DB inside the web root, or inside any public_html, is refused (500,
+    one log line naming the setting): nothing is written, and the receiver keeps the message
+    and answers "try again"."""
+    home, script = addon_domain(tmp_path)
+    db = 'c.sqlite3' if where == 'relative' else str(home / where)
+    server = Consumer(SECRET, db, str(tmp_path / 'php.log'), script=script,
+                      env={'HOME': str(home)})
+    try:
+        client = make_client(forward_url=server.url, forward_secret=SECRET)
+        res = client.get('/?guid=g-1&phone=0912345678&message=hi', status=200,
+                         expect_errors=True)
+        assert res.body == RETRY
+        assert 'not configured: the database' in server.log()
+        assert 'FIBOSMS_CONSUMER_DB' in server.log()
+        found = [os.path.join(d, f) for d, _, files in os.walk(str(tmp_path)) for f in files
+                 if 'sqlite3' in f and 'fibosms-data' not in d]
+        assert found == []
     finally:
         server.stop()
