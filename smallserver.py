@@ -7,6 +7,9 @@ within HEADER_TIMEOUT, so a slow client holds a few KiB and no thread; WORKERS t
 requests whose headers are in, with BODY_TIMEOUT for the body. Over MAX_CONNECTIONS open at
 once, or MAX_PER_ADDRESS from one address (a front end on this machine aside), the next
 connection is answered at once, 200 <Status>1</Status>: try again. One request per connection.
+On TCP, any user of this machine can connect from the front end's address too, unlimited:
+behind a front end, serve the socket of deploy/fibosms-receiver.socket (systemd_socket), which
+only the front end's user may open.
 
 Headers named with anything but letters, digits and '-' are dropped: wsgiref would read
 ``X_Forwarded_For`` as X-Forwarded-For (PEP 3333), and nginx and Apache drop them too.
@@ -52,17 +55,48 @@ HEADER_NAME_CHARS = ('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
 SINGLE_HEADERS = ('Content-Length', 'Content-Type', 'Host')    # twice: 400
 
 
-def make_server(host, port, app):
-    """A server of `app` on `host`:`port`: one thread reads every connection's request line
-    and headers, WORKERS threads run the requests whose headers are in, and every refusal is
-    a Status document."""
-    server = ReceiverServer((host, port), RequestHandler)
+def make_server(host, port, app, sock=None):
+    """A server of `app` on `host`:`port`, or on `sock`, a listening socket (systemd's): one
+    thread reads every connection's request line and headers, WORKERS threads run the
+    requests whose headers are in, and every refusal is a Status document."""
+    if sock is None:
+        server = ReceiverServer((host, port), RequestHandler)
+    else:
+        server = ReceiverServer((host, port), RequestHandler, bind_and_activate=False)
+        server.socket.close()
+        server.socket, server.server_name, server.server_port = sock, host, port
+        server.setup_environ()
+        server.server_activate()
     server.set_app(app)
     return server
 
 
+def systemd_socket():
+    """The socket systemd passed (sd_listen_fds(3): file descriptor 3, LISTEN_PID this
+    process), e.g. deploy/fibosms-receiver.socket's; else None."""
+    if os.environ.get('LISTEN_PID') != str(os.getpid()) or os.environ.get('LISTEN_FDS') != '1':
+        return None
+    for name in ('LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES'):   # not for child processes
+        os.environ.pop(name, None)
+    probe = socket.fromfd(3, socket.AF_INET, socket.SOCK_STREAM)
+    family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)  # 3.6 cannot tell it itself
+    probe.close()
+    sock = socket.fromfd(3, family, socket.SOCK_STREAM)
+    os.close(3)
+    return sock
+
+
 class ReceiverServer(WSGIServer):
     request_queue_size = LISTEN_BACKLOG
+
+    def get_request(self):
+        request, client_address = self.socket.accept()
+        if self.socket.family == socket.AF_UNIX:
+            # The unit's socket only the front end's user may open (SocketUser=, mode 600):
+            # its connections are the front end's, as from 127.0.0.1 on TCP, where any user
+            # of this machine could connect from that address too.
+            client_address = ('127.0.0.1', 0)
+        return request, client_address
 
     def server_activate(self):
         WSGIServer.server_activate(self)
@@ -421,14 +455,18 @@ def main(make_app, argv=None):
                                      ' ~/fibosms-data/messages.sqlite3)')
     args = parser.parse_args(argv)
     given = {'db': os.path.abspath(args.db)} if args.db else {}
-    server = make_server(args.host, args.port, make_app(**given))
+    sock = systemd_socket()
+    server = make_server(args.host, args.port, make_app(**given), sock)
     import receiver
     try:
         database = receiver.read_settings(given=dict(
             ('FIBOSMS_' + k.upper(), v) for k, v in given.items()))['FIBOSMS_DB']
     except receiver.Reject as exc:
         database = 'none until this is mended: %s' % exc.reason
-    print('Listening on http://%s:%d/' % server.server_address[:2])
+    if sock is None:
+        print('Listening on http://%s:%d/' % server.server_address[:2])
+    else:
+        print('Listening on the socket systemd passed: %s' % sock.getsockname())
     print('Database: %s' % database)
     sys.stdout.flush()
     try:

@@ -742,29 +742,59 @@ def unit_environment(ws):
     return env
 
 
+def socket_settings():
+    """{name: value} of deploy/fibosms-receiver.socket's [Socket] lines."""
+    return dict(line.split('=', 1) for line in snippet('fibosms-receiver.socket').splitlines()
+                if '=' in line and not line.startswith('#'))
+
+
 class Receiver:
     """`python3 receiver.py ...` started from the unit's ExecStart, as the unit's user would
-    run it (www-data standing in for fibosms), with only our paths and port swapped in."""
+    run it (www-data standing in for fibosms), with only our paths swapped in. With
+    `socket_path`, as systemd starts it from fibosms-receiver.socket: the socket made first,
+    as that unit says (its owner, its mode), and passed as file descriptor 3 with LISTEN_FDS
+    and LISTEN_PID; it outlives the process, as systemd's does (restart() keeps it). Without,
+    on 127.0.0.1:`port` (--host, --port), as `python3 receiver.py` alone."""
 
-    def __init__(self, ws, port=None):
+    def __init__(self, ws, port=None, socket_path=None):
         need('system python')
-        self.ws = ws
-        self.port = port or free_port()
+        self.ws, self.socket_path, self.listener = ws, socket_path, None
+        self.port = None if socket_path else port or free_port()
         self.process = None
         self.listening = None
         self.argv = shlex.split(unit_settings('ExecStart')[-1]
                                 .replace('/opt/fibosms', ws.app))
-        self.argv[self.argv.index('--port') + 1] = str(self.port)
+        if not socket_path:
+            self.argv += ['--host', '127.0.0.1', '--port', str(self.port)]
         self.stderr_path = os.path.join(ws.logs, 'receiver_stderr.log')
 
+    def listen(self):
+        """The socket systemd would make from fibosms-receiver.socket (root makes it; the front
+        end's user, ws.user here, owns it)."""
+        settings = socket_settings()
+        assert (settings['ListenStream'], settings['SocketUser'], settings['SocketGroup']) == (
+            RECEIVER_SOCKET, 'www-data', 'www-data'), settings
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        os.chown(self.socket_path, self.ws.uid, self.ws.gid)    # www-data, or ourselves
+        os.chmod(self.socket_path, int(settings['SocketMode'], 8))
+        listener.listen(128)
+        return listener
+
     def start(self):
-        err = open(self.stderr_path, 'wb')
+        if self.socket_path and self.listener is None:
+            self.listener = self.listen()
+        argv, env, keep = self.argv, unit_environment(self.ws), ()
+        if self.listener is not None:   # sd_listen_fds(3): fd 3, and LISTEN_PID its pid
+            argv = ['/bin/sh', '-c', 'LISTEN_PID=$$ exec "$@"', 'sh'] + argv
+            env, keep = dict(env, LISTEN_FDS='1'), (3,)
+        err = open(self.stderr_path, 'ab')
         self.process = subprocess.Popen(
-            self.argv, env=unit_environment(self.ws), cwd='/', stdout=subprocess.PIPE,
-            stderr=err, preexec_fn=self.drop_privileges)
+            argv, env=env, cwd='/', stdout=subprocess.PIPE, stderr=err, pass_fds=keep,
+            preexec_fn=self.child)
         err.close()
-        # "Listening on http://HOST:PORT/" and "Database: PATH", read from the pipe's file
-        # descriptor (select() knows nothing of a file object's buffer) with a deadline.
+        # "Listening on ..." and "Database: PATH", read from the pipe's file descriptor
+        # (select() knows nothing of a file object's buffer) with a deadline.
         out, fd = b'', self.process.stdout.fileno()
         deadline = time.monotonic() + START_TIMEOUT
         while out.count(b'\n') < 2:
@@ -775,22 +805,42 @@ class Receiver:
             out += chunk
         lines = out.decode('utf-8', 'replace').splitlines(True)
         self.listening = lines
-        wait_for_port(self.port, self.process, lambda: (
-            '%s did not start.\n--- stdout:\n%s\n--- stderr:\n%s' % (
-                ' '.join(self.argv), ''.join(lines), self.ws.log('receiver_stderr.log'))))
+        explain = lambda: '%s did not start.\n--- stdout:\n%s\n--- stderr:\n%s' % (
+            ' '.join(self.argv), ''.join(lines), self.ws.log('receiver_stderr.log'))
+        if self.port:
+            wait_for_port(self.port, self.process, explain)
+        elif len(lines) < 2 or self.process.poll() is not None:
+            stop_process(self.process)
+            raise RuntimeError(explain())
         return self
 
-    def drop_privileges(self):
+    def child(self):
+        if self.listener is not None:
+            os.dup2(self.listener.fileno(), 3)
         if os.geteuid() == 0:
             os.setgroups([])
             os.setgid(self.ws.gid)
             os.setuid(self.ws.uid)
         os.umask(0o077)   # the unit's UMask=
 
-    def stop(self):
+    def restart(self):
+        """Stop the process and start another on the same socket, as systemd restarts the
+        unit: connections made meanwhile wait in the socket's queue."""
+        self.stop_process()
+        return self.start()
+
+    def stop_process(self):
         stop_process(self.process)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+
+    def stop(self):
+        """The process, and its socket too (systemd's stopped: connecting is refused)."""
+        self.stop_process()
+        if self.listener is not None:
+            self.listener.close()
+            os.unlink(self.socket_path)
+            self.listener = None
 
 
 class SetUp:
@@ -929,10 +979,13 @@ def setup_passenger(ws, host='', confs=DEBIAN_CONFS):
     return front
 
 
+RECEIVER_SOCKET = '/run/fibosms-receiver.sock'     # fibosms-receiver.socket's ListenStream
+
+
 def setup_apache_proxy(ws, host='', confs=DEBIAN_CONFS):
-    receiver = Receiver(ws).start()
+    receiver = Receiver(ws, socket_path=os.path.join(ws.run, 'receiver.sock')).start()
     config = apache_site('apache-reverse-proxy.conf', ws, [
-        ('127.0.0.1:8000', '127.0.0.1:%d' % receiver.port)])
+        (RECEIVER_SOCKET, receiver.socket_path)])
     try:
         apache = Apache(ws, a2enmod('apache-reverse-proxy.conf'), host + config,
                         confs=confs).start()
@@ -946,13 +999,13 @@ def setup_apache_proxy(ws, host='', confs=DEBIAN_CONFS):
 
 
 def setup_nginx(ws, more=()):
-    receiver = Receiver(ws).start()
+    receiver = Receiver(ws, socket_path=os.path.join(ws.run, 'receiver.sock')).start()
     config = snippet('nginx-reverse-proxy.conf', tls_replacements(ws) + [
         ('listen 443 ssl;', 'listen 127.0.0.1:{port} ssl;'),
         ('listen [::]:443 ssl;', '# (IPv6 listen line dropped: loopback only here)'),
         ('root /var/www/html;', 'root %s;' % ws.www),
         ('/var/log/nginx/', ws.logs + '/'),
-        ('127.0.0.1:8000', '127.0.0.1:%d' % receiver.port)] + list(more))
+        (RECEIVER_SOCKET, receiver.socket_path)] + list(more))
     try:
         nginx = Nginx(ws, config).start()
     except BaseException:
@@ -964,7 +1017,8 @@ def setup_nginx(ws, more=()):
 
 
 def setup_small_server(ws):
-    """The small server alone, as the systemd unit starts it (on plain HTTP)."""
+    """The small server alone on plain HTTP, as the unit's ExecStart with --host and --port
+    (what its comment says to do without the socket)."""
     receiver = Receiver(ws).start()
     front = SetUp('small_server', ws, receiver.port, '/' + TOKEN, tls=False, receiver=receiver)
     front.servers = [receiver]

@@ -17,10 +17,12 @@ each test stops by itself within SLOW_BOUND seconds, and every socket is closed 
 import http.client
 import io
 import os
+import pwd
 import signal
 import socket
 import sqlite3
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -284,15 +286,13 @@ def test_attack_front_receiver_down_answers_status(fronts, name):
     front = fronts(name)
     phone, word, guid = new_phone(), marker(), support.new_guid()
     target = push_target(front.page, phone, 'Xin chào %s' % word, guid)
-    port = front.receiver.port
-    front.receiver.stop()
+    front.receiver.stop()       # its socket too, as a stopped systemd unit's
     try:
         for _ in range(3):
             response = exchange(front, request_bytes(target))
             assert_status_document(response, codes=[200] if name == 'nginx' else [503])
     finally:
-        front.receiver = support.Receiver(front.ws, port=port).start()
-        front.servers[0] = front.receiver
+        front.receiver.start()
     assert_logs_clean(front, phone, word)
     response = exchange(front, request_bytes(target))
     assert_status_document(response, DONE, codes=[200])
@@ -619,4 +619,60 @@ def test_attack_front_bad_tls_record_after_an_unfinished_request_logs_nothing(fr
     data = request_bytes(push_target(front.page, phone, word, guid))
     tls_request_then_bad_record(front, data[:data.index(b'\r\n') + 2])
     assert stored(front, guid) == []
+    assert_logs_clean(front, phone, word)
+
+
+CONNECT_AS_NOBODY = """
+import socket, sys
+refused = 0
+for _ in range(520):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(sys.argv[1])
+    except PermissionError:
+        refused += 1
+print(refused)
+"""
+
+
+@pytest.mark.parametrize('name', PROXIES)
+def test_attack_front_another_local_user_cannot_reach_the_receiver(fronts, name):
+    """The receiver listens on fibosms-receiver.socket's socket, which only the front end's
+    user may open: another local user's 520 connections (enough, from 127.0.0.1 on TCP, to
+    take all 512 of the small server's) are each refused, and the push goes through."""
+    front = fronts(name)
+    nobody = pwd.getpwnam('nobody')
+
+    def as_nobody():
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    done = subprocess.run(
+        [support.SYSTEM_PYTHON, '-c', CONNECT_AS_NOBODY, front.receiver.socket_path],
+        preexec_fn=as_nobody, stdout=subprocess.PIPE, timeout=60, check=True)
+    assert done.stdout.strip() == b'520'
+    guid, response = front.push()
+    assert_status_document(response, DONE, codes=[200])
+
+
+@pytest.mark.parametrize('name', PROXIES)
+def test_attack_front_push_during_a_receiver_restart_is_stored(fronts, name):
+    """A push that comes while the receiver restarts (systemd keeps the socket open) waits
+    in the socket's queue and is answered 2 by the new process, within a second or two."""
+    front = fronts(name)
+    phone, word, guid = new_phone(), marker(), support.new_guid()
+    front.receiver.stop_process()
+    answers = []
+    sender = threading.Thread(target=lambda: answers.append(exchange(
+        front, request_bytes(push_target(front.page, phone, word, guid)), timeout=40)))
+    try:
+        sender.start()
+        time.sleep(1.0)
+    finally:
+        started = time.monotonic()
+        front.receiver.start()
+    sender.join(40)
+    assert_status_document(answers[0], DONE, codes=[200])
+    assert time.monotonic() - started < 5
+    assert len(stored(front, guid)) == 1
     assert_logs_clean(front, phone, word)

@@ -12,6 +12,7 @@ import http.client
 import os
 import pwd
 import ssl
+import stat
 import subprocess
 import time
 
@@ -225,10 +226,28 @@ def test_cgi_script_with_crlf_endings_fails_as_readme_says(site):
     assert site.push()[1].body == DONE
 
 
+@pytest.mark.parametrize('site', ['nginx', 'apache_proxy'], indirect=True)
+def test_receiver_behind_a_proxy_serves_the_units_socket_alone(site):
+    """Behind a proxy the receiver serves the socket systemd passed it, 0600 and the front
+    end's user's (fibosms-receiver.socket), and no TCP port at all."""
+    path = site.receiver.socket_path
+    assert site.receiver.listening == [
+        "Listening on the socket systemd passed: %s\n" % path, 'Database: %s\n' % site.db]
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == site.ws.uid
+    with open('/proc/%d/net/tcp' % site.receiver.process.pid) as f:
+        listening = [line for line in f.read().splitlines()[1:] if line.split()[3] == '0A']
+    inodes = set(line.split()[9] for line in listening)
+    fds = os.listdir('/proc/%d/fd' % site.receiver.process.pid)
+    mine = set(os.readlink('/proc/%d/fd/%s' % (site.receiver.process.pid, fd))
+               for fd in fds)
+    assert not any('socket:[%s]' % inode in mine for inode in inodes)
+
+
 @pytest.mark.parametrize('site', ['small_server'], indirect=True)
 def test_small_server_listens_on_loopback_only(site):
-    """As the unit starts it, the server listens on 127.0.0.1, for the reverse proxy alone,
-    and says which database it stores into."""
+    """Started with --host and --port, as the unit says for a box without its socket, the
+    server listens on 127.0.0.1 and says which database it stores into."""
     assert site.receiver.listening == ['Listening on http://127.0.0.1:%d/\n' % site.port,
                                        'Database: %s\n' % site.db]
     site.push()
@@ -356,11 +375,12 @@ def test_cgi_script_ships_executable_with_lf_endings():
     assert b'TOKEN' not in content and b'SECRET =' not in content
 
 
-def test_systemd_analyze_verify_accepts_the_unit():
-    """systemd-analyze verify reports no error and no warning for the unit."""
+def test_systemd_analyze_verify_accepts_the_units():
+    """systemd-analyze verify reports no error and no warning for the socket and the service."""
     support.need('systemd-analyze')
-    done = subprocess.run(['systemd-analyze', 'verify',
-                           os.path.join(support.DEPLOY, 'fibosms-receiver.service')],
+    units = [os.path.join(support.DEPLOY, 'fibosms-receiver.' + kind)
+             for kind in ('socket', 'service')]
+    done = subprocess.run(['systemd-analyze', 'verify'] + units,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
                           env=support.SERVER_ENV)
     assert (done.returncode, done.stdout.decode()) == (0, '')
