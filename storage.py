@@ -15,7 +15,7 @@ import sqlite3
 import stat
 import time
 
-SCHEMA_VERSION = 1          # kept in PRAGMA user_version
+SCHEMA_VERSION = 2          # kept in PRAGMA user_version
 BUSY_TIMEOUT = 5.0          # seconds a push waits for another writer, then is answered 1
 CLAIM_SECONDS = 300.0       # a hook's claim; a crashed process's claim ends after this
 MAX_HOOKS = 4               # hooks running at once on one database (live claims; hooks.py)
@@ -49,7 +49,9 @@ MIGRATIONS = ((
     )""",
     "CREATE INDEX messages_state ON messages (state)",
     "CREATE INDEX messages_received_at ON messages (received_at)",
-),)
+), (  # 1 to 2: the inbox's pages of one phone (inbox.py), newest first
+    "CREATE INDEX messages_phone ON messages (phone_normalised, received_at)",
+))
 
 SELECT_MESSAGE = "SELECT * FROM messages WHERE guid = ?"
 # A plain INSERT, not INSERT OR IGNORE: OR IGNORE also skips a NOT NULL or CHECK failure

@@ -395,3 +395,25 @@ def test_import_opens_no_database(tmp_path):
                    env=clean_env(FIBOSMS_DB=str(db), HOME=str(home)))
     assert not db.parent.exists()
     assert os.listdir(str(home)) == []
+
+
+def test_version_1_database_gets_the_phone_index_and_keeps_its_rows(db, client, make_client):
+    """A database of schema 1 (before the inbox) is brought to 2 when it is next opened (the
+    code's upgrade restarts a server): the index of one phone's messages is made, the rows
+    stay."""
+    assert client.get('/?guid=g-1&phone=0912345678&message=hi').body == DONE
+    conn = sqlite3.connect(db)
+    conn.execute('DROP INDEX messages_phone')
+    conn.execute('PRAGMA user_version = 1')
+    conn.commit()
+    conn.close()
+    assert make_client().get('/?guid=g-2&phone=0912345678&message=hi').body == DONE
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute('PRAGMA user_version').fetchone()[0] == 2
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                            " AND tbl_name = 'messages'")]
+        assert 'messages_phone' in names
+    finally:
+        conn.close()
+    assert [r['guid'] for r in rows(db)] == ['g-1', 'g-2']
