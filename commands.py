@@ -36,6 +36,8 @@ import receiver
 import storage
 
 LIST_COLUMNS = ('received_at', 'guid', 'phone', 'state', 'deliveries', 'message')
+NO_DATABASE = ('log', 'inbox', 'inbox-password')  # commands that open no database themselves
+MIN_INBOX_PASSWORD = 10  # characters: the page is on the internet
 MIN_PURGE_DAYS = 7      # the gateway may still retry a recent guid; purged, it is stored anew
 MAX_PURGE_DAYS = 36500  # a cutoff before the year 1000 would not sort as text: received_at
 BATCH = 500             # rows a purge transaction deletes, an export read reads: a push waits less
@@ -51,6 +53,8 @@ SETTINGS = {
     'FIBOSMS_FORWARD_URL': "POST each stored message to this URL (forward.py)",
     'FIBOSMS_FORWARD_SECRET': 'its Standard Webhooks signing secret, whsec_...',
     'FIBOSMS_CONFIG': 'the settings file (only from SetEnv or the environment)',
+    'FIBOSMS_INBOX_PASSWORD': "the inbox's password, hashed (storage.py inbox-password)",
+    'FIBOSMS_INBOX_TIMEZONE': "the inbox's time zone, +07:00 (Vietnam) by default",
 }
 # Shown escaped, as Python writes them (\x1b, \n, \u202e): the C0 and C1 controls and DEL,
 # which a terminal obeys (ESC [2J clears it, ESC ]0; retitles it), the line and paragraph
@@ -189,6 +193,42 @@ def cmd_retry(conn, args):
                          else 'processed'))
 
     return 1 if hooks.retry(use, settings, report) else 0
+
+
+# -- The inbox (inbox.py) ---------------------------------------------------------------------
+
+def cmd_inbox_password(conn, args):
+    """Set the inbox's password (asked twice, not echoed), kept hashed in the settings file."""
+    import getpass
+    import inbox
+    password = getpass.getpass('New inbox password: ')
+    if len(password) < MIN_INBOX_PASSWORD:
+        print('storage.py: at least %d characters' % MIN_INBOX_PASSWORD, file=sys.stderr)
+        return 2
+    if getpass.getpass('Again: ') != password:
+        print('storage.py: the two differ; nothing changed', file=sys.stderr)
+        return 2
+    path = inbox.set_password(args.settings['FIBOSMS_CONFIG'], password)
+    print('The inbox password is set in %s; sessions already open stay open until they end.'
+          % path)
+    return 0
+
+
+def cmd_inbox(conn, args):
+    """Serve the inbox on http://127.0.0.1:PORT/ for this machine alone (reach it from yours
+    with ssh -L PORT:127.0.0.1:PORT); stop it with Ctrl-C."""
+    import inbox
+    import smallserver
+    server = smallserver.make_server('127.0.0.1', args.port, inbox.make_inbox())
+    print('Inbox on http://127.0.0.1:%d/ (this machine only)' % server.server_address[1])
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 # -- Checking ---------------------------------------------------------------------------------
@@ -553,6 +593,9 @@ def parser():
     sub = commands.add_parser('backup', help='Copy the database, checked, to DEST.',
                               description=cmd_backup.__doc__)
     sub.add_argument('dest', metavar='DEST', help='the file to write (replaced if it exists)')
+    commands.add_parser('inbox-password', help=cmd_inbox_password.__doc__)
+    sub = commands.add_parser('inbox', help=cmd_inbox.__doc__)
+    sub.add_argument('--port', type=int, default=8001, help='port on 127.0.0.1 (%(default)s)')
     return top
 
 
@@ -572,14 +615,14 @@ def main(argv=None):
     named, args.db = args.db, os.path.abspath(args.db or args.settings['FIBOSMS_DB'])
     args.expected_journal = (args.settings.get('FIBOSMS_JOURNAL')
                              or storage.choose_journal(args.db))
-    try:    # the log needs no database: it may tell why there is none
-        conn = None if args.command == 'log' else open_database(args, named)
+    try:    # these need no database (the log may tell why there is none)
+        conn = None if args.command in NO_DATABASE else open_database(args, named)
     except (storage.StorageError, sqlite3.Error, OSError) as exc:
         print('storage.py: %s: %s' % (args.db, exc), file=sys.stderr)
         return 1
     stdout, sys.stdout = sys.stdout, utf8_stdout()
     try:
-        return globals()['cmd_' + args.command](conn, args)
+        return globals()['cmd_' + args.command.replace('-', '_')](conn, args)
     except (storage.StorageError, sqlite3.Error, OSError) as exc:
         print('storage.py %s: %s: %s' % (args.command, args.db, exc), file=sys.stderr)
         return 1

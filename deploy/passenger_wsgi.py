@@ -12,6 +12,10 @@ not set them.
 
 After changing a .py file, press "Restart" (or: touch tmp/restart.txt in the application
 root). A change to the settings file counts from the next push.
+
+The owner's inbox (inbox.py) is the application's URL followed by /inbox (e.g.
+https://example.com/fibosms/inbox): it serves nothing until its password is set
+(python3 ~/fibosms/storage.py inbox-password). Every other path is the receiver's.
 """
 import os
 import sys
@@ -20,4 +24,12 @@ import sys
 # put it on sys.path in every version.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from receiver import application  # noqa: E402,F401  (Passenger looks for this name)
+import receiver  # noqa: E402
+
+
+def application(environ, start_response):
+    """The receiver, or at /inbox the owner's inbox (loaded only for it)."""
+    if environ.get('PATH_INFO', '').rstrip('/') == '/inbox':
+        import inbox
+        return inbox.application(environ, start_response)
+    return receiver.application(environ, start_response)
