@@ -82,7 +82,8 @@ PARTS = {
     'php': ('/usr/bin/php', 'php-cli php-sqlite3'),
     'systemd-analyze': ('/usr/bin/systemd-analyze', 'systemd'),
     'system python': (SYSTEM_PYTHON, 'python3'),
-    'chromium': ('/usr/bin/chromium', 'chromium chromium-driver'),
+    'chromium': ('/usr/bin/chromium', 'chromium'),
+    'chromedriver': ('/usr/bin/chromedriver', 'chromium-driver'),
 }
 
 
@@ -898,6 +899,7 @@ def setup_mod_wsgi(ws, host='', more=(), confs=DEBIAN_CONFS):
     config = apache_site('apache-mod_wsgi.conf', ws, more)
     apache = Apache(ws, a2enmod('apache-mod_wsgi.conf'), host + config, confs=confs).start()
     front = SetUp('mod_wsgi', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
+    front.inbox_url = 'https://127.0.0.1:%d/fibosms-inbox/' % apache.port
     front.servers = [apache]
     return front
 
@@ -906,8 +908,9 @@ CGI_HOST_CONFIG = """\
 # A shared host: CGI on, .htaccess obeyed. Its access log, Debian's other-vhosts-access-log,
 # records whole request lines.
 DocumentRoot {www}
+Alias /fibosms-inbox {public}/fibosms-inbox
 Alias /fibosms {folder}
-<Directory {folder}>
+<Directory {public}>
     Options SymLinksIfOwnerMatch
     AllowOverride All
     Require all granted
@@ -941,17 +944,28 @@ def setup_cgi(ws, suexec=False, script_more=(), upload=None, host='', script=Non
              mode=0o755)
     if upload:
         upload(folder)
-    for path in (public, folder, os.path.join(folder, 'receiver.cgi')):
+    # The inbox beside it, in a folder of its own (deploy/cgi-inbox/).
+    inbox_folder = os.path.join(public, 'fibosms-inbox')
+    os.mkdir(inbox_folder)
+    os.chmod(inbox_folder, 0o755)
+    ws.copy(os.path.join(DEPLOY, 'cgi-inbox', '.htaccess'),
+            os.path.join(inbox_folder, '.htaccess'), 0o644)
+    ws.write(os.path.join(inbox_folder, 'inbox.cgi'), snippet('cgi-inbox/inbox.cgi', [
+        ("os.path.expanduser('~/fibosms')", repr(ws.app)),
+        ('CONFIG = None', 'CONFIG = %r' % ws.config)]), mode=0o755)
+    for path in (public, folder, os.path.join(folder, 'receiver.cgi'), inbox_folder,
+                 os.path.join(inbox_folder, 'inbox.cgi')):
         os.chown(path, owner.pw_uid, owner.pw_gid)
     modules = ['cgid', 'headers', 'rewrite'] + (['suexec'] if suexec else [])
     apache = Apache(ws, modules, host + CGI_HOST_CONFIG.format(
-        run=ws.run, www=ws.www, folder=folder)).start()
+        run=ws.run, www=ws.www, folder=folder, public=public)).start()
     if suexec and 'suEXEC mechanism enabled' not in ws.log('error.log'):
         apache.stop()
         raise RuntimeError('Apache runs without suEXEC:\n' + ws.log('error.log'))
     front = SetUp('cgi', ws, apache.port, '/fibosms/receiver.cgi/' + TOKEN, tls=False,
                   host_logs=['other_vhosts_access.log'])
     front.folder, front.owner = folder, owner
+    front.inbox_url = 'http://127.0.0.1:%d/fibosms-inbox/inbox.cgi' % apache.port
     front.servers = [apache, Cleanup(getattr(ws, 'cleanups', []))]
     return front
 
@@ -975,6 +989,7 @@ def setup_passenger(ws, host='', confs=DEBIAN_CONFS):
     config = apache_site('apache-passenger.conf', ws)
     apache = Apache(ws, a2enmod('apache-passenger.conf'), host + config, confs=confs).start()
     front = SetUp('passenger', ws, apache.port, '/fibosms/' + TOKEN, tls=True)
+    front.inbox_url = 'https://127.0.0.1:%d/fibosms/inbox' % apache.port
     front.servers = [apache]
     return front
 
@@ -1014,6 +1029,34 @@ def setup_nginx(ws, more=()):
     front = SetUp('nginx', ws, nginx.port, '/fibosms/' + TOKEN, tls=True, receiver=receiver)
     front.servers = [receiver, nginx]
     return front
+
+
+class InboxCommand:
+    """`python3 storage.py inbox --port PORT`, as the receiver's user (HOME its workspace)."""
+
+    def __init__(self, ws, port=None):
+        self.ws, self.port = ws, port or free_port()
+        self.process = None
+
+    def start(self):
+        err = open(os.path.join(self.ws.logs, 'inbox_stderr.log'), 'ab')
+        self.process = subprocess.Popen(
+            [SYSTEM_PYTHON, os.path.join(self.ws.app, 'storage.py'), 'inbox', '--port',
+             str(self.port)], env=dict(SERVER_ENV, HOME=self.ws.base), cwd='/',
+            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=self.child)
+        err.close()
+        wait_for_port(self.port, self.process, lambda: self.ws.log('inbox_stderr.log'))
+        return self
+
+    def child(self):
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(self.ws.gid)
+            os.setuid(self.ws.uid)
+        os.umask(0o077)
+
+    def stop(self):
+        stop_process(self.process)
 
 
 def setup_small_server(ws):
@@ -1167,3 +1210,34 @@ class Consumer:
 
     def stop(self):
         stop_process(self.process, 10)
+
+
+# -- A real browser ---------------------------------------------------------------------------
+
+def browser(downloads):
+    """Debian's chromium, headless, driven by selenium through Debian's chromedriver (no
+    driver or browser downloaded): it trusts no test certificate, so TLS errors are ignored
+    for 127.0.0.1; files it downloads go to `downloads`."""
+    need('chromium', 'chromedriver')
+    try:
+        from selenium import webdriver
+    except ImportError:
+        (pytest.fail if os.environ.get('CI') else pytest.skip)(
+            'needs selenium (python3 -m pip install -r requirements-dev.txt)')
+    options = webdriver.ChromeOptions()
+    options.binary_location = PARTS['chromium'][0]
+    for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--ignore-certificate-errors',
+                 '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--window-size=412,900',
+                 '--lang=en-US'):
+        options.add_argument(flag)
+    options.add_experimental_option('prefs', {
+        'download.default_directory': downloads, 'download.prompt_for_download': False,
+        'intl.accept_languages': 'en-US,en'})
+    try:    # selenium 4
+        from selenium.webdriver.chrome.service import Service
+        driver = webdriver.Chrome(service=Service(PARTS['chromedriver'][0]), options=options)
+    except (ImportError, TypeError):   # selenium 3 (Python 3.6, 3.7)
+        driver = webdriver.Chrome(executable_path=PARTS['chromedriver'][0], options=options)
+    driver.set_page_load_timeout(30)
+    return driver
