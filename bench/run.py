@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What one FiboSMS push costs: the receiver against the PHP page a business would otherwise write.
 
-    python3 bench/run.py [--quick] [--parts cgi,inprocess,servers] [--code DIR]
+    python3 bench/run.py [--quick] [--parts cgi,inprocess,servers,inbox] [--code DIR]
 
 Debian packages: apache2, libapache2-mod-wsgi-py3, php-fpm, php-cgi, php-sqlite3, wrk,
 hyperfine, openssl. The peer is bench/peers/receiver.php: the same protocol, table rule (UNIQUE
@@ -36,6 +36,11 @@ beside it. The servers are tests/support.py's.
    process it starts (Apache, mod_wsgi's daemon, php-fpm, each CGI process), divided by the
    pushes wrk counted. Each server's error logs (and receiver.log) are summed up in the
    results before it is removed. Needs root (for the cgroups, and the servers' users).
+4. The inbox (inbox.py) on a database of 1,000,000 messages (10,000 phones, one message a
+   minute, 2% failed): the server time of one page (the WSGI call, in-process, logged in),
+   median of its runs: the first page, the next page from the middle, one phone, two days,
+   one phone over two days, the failed ones, and a text search that finds nothing (which
+   stops at its budget, inbox.SEARCH_BUDGET).
 
 The machine is assumed busy: what is compared takes turns round by round, and every figure is the
 median over rounds (of each measure, and of each round's ratio). The table is printed and
@@ -594,13 +599,92 @@ def table(results):
                 x = row[ours + '/' + peer]
                 lines.append('   %-12s %-30s %-30s %5.2f %5.2f %5.2f' % (
                     load, cells[0], cells[1], x['per_s'], x['p99_us'], x['cpu_ms']))
+    box = results.get('inbox')
+    if box:
+        lines += ['', '4. The inbox on %d messages: server time of one page, median of %d runs'
+                  % (box['messages'], box['runs'])]
+        for name, row in box.items():
+            if isinstance(row, dict):
+                lines.append('   %-30s %7.1f ms (max %.1f), %d rows%s' % (
+                    name, row['ms'], row['max_ms'], row['rows'],
+                    ', stopped at the budget' if row['stopped'] else ''))
     return '\n'.join(lines)
+
+
+def bench_inbox(work, code, count, runs):
+    """Server time of the inbox's pages on a database of `count` messages (see 4. above)."""
+    import io
+    import re as regex
+    import urllib.parse
+    sys.path.insert(0, code)
+    import inbox
+    import storage
+    data = os.path.join(work, 'inbox', 'fibosms-data')
+    os.makedirs(data, 0o700)
+    db = os.path.join(data, 'messages.sqlite3')
+    conn = storage.connect(db)
+    start = time.time() - count * 60
+    conn.execute('BEGIN')
+    conn.executemany(storage.INSERT_MESSAGE, (
+        ('bench-%d' % n, '0%09d' % (912000000 + n % 10000), '84%09d' % (912000000 + n % 10000),
+         'Tin nhan so %d' % n, 'utf-8', '', '{}', '192.0.2.1', storage.utc_iso(start + 60 * n),
+         storage.utc_iso(start + 60 * n), 'failed' if n % 50 == 0 else 'processed', None,
+         None, None) for n in range(count)))
+    conn.execute('COMMIT')
+    conn.close()
+    config = os.path.join(data, 'settings.env')
+    with open(os.open(config, os.O_WRONLY | os.O_CREAT, 0o600), 'w') as f:
+        f.write('FIBOSMS_INBOX_PASSWORD=%s\n' % inbox.hash_password('bench password', 1000))
+    app = inbox.make_inbox(config=config)
+
+    def call(method='GET', query='', form=None, cookie=''):
+        body = urllib.parse.urlencode(form or {}).encode()
+        environ = {'REQUEST_METHOD': method, 'QUERY_STRING': query, 'PATH_INFO': '/',
+                   'SCRIPT_NAME': '', 'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '443',
+                   'HTTP_HOST': '127.0.0.1', 'HTTP_ORIGIN': 'https://127.0.0.1',
+                   'HTTP_COOKIE': cookie, 'REMOTE_ADDR': '127.0.0.1', 'wsgi.url_scheme': 'https',
+                   'CONTENT_LENGTH': str(len(body)), 'wsgi.input': io.BytesIO(body),
+                   'wsgi.errors': sys.stderr}
+        answer = {}
+        began = time.perf_counter()
+        text = b''.join(app(environ, lambda status, headers: answer.update(
+            status=status, headers=dict(headers)))).decode('utf-8')
+        return (time.perf_counter() - began) * 1e3, answer, text
+    _, answer, _ = call('POST', form={'action': 'login', 'password': 'bench password'})
+    cookie = answer['headers']['Set-Cookie'].split(';')[0]
+    _, _, page = call(cookie=cookie)
+    csrf = regex.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+    middle = storage.utc_iso(start + 60 * (count // 2)) + '|%d' % (count // 2)
+    days = (time.strftime('%Y-%m-%d', time.gmtime(start + 60 * count - 3 * 86400)),
+            time.strftime('%Y-%m-%d', time.gmtime(start + 60 * count - 2 * 86400)))
+    cases = {
+        'first page': ('GET', '', None),
+        'next page, from the middle': ('POST', '', {'after': middle}),
+        'one phone': ('POST', '', {'phone': '0912 004 242'}),
+        'two days': ('POST', '', {'from': days[0], 'to': days[1]}),
+        'one phone, two days': ('POST', '', {'phone': '+84912004242', 'from': days[0],
+                                             'to': days[1]}),
+        'failed': ('POST', '', {'state': 'failed'}),
+        'text search, nothing found': ('POST', '', {'words': 'nowhere'})}
+    result = {'messages': count, 'runs': runs, 'budget_s': inbox.SEARCH_BUDGET}
+    for name, (method, query, form) in cases.items():
+        form = dict(form, action='search', csrf=csrf) if form is not None else None
+        times, shown = [], None
+        for _ in range(runs):
+            ms, answer, text = call(method, query, form, cookie)
+            if not answer['status'].startswith('200'):
+                raise RuntimeError('inbox %s answered %s' % (name, answer['status']))
+            times.append(ms)
+            shown = text.count('<tr class=')
+        result[name] = {'ms': median(times), 'max_ms': max(times), 'rows': shown,
+                        'stopped': 'search stopped' in text}
+    return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='fewer rounds, shorter runs')
-    parser.add_argument('--parts', default='cgi,inprocess,servers', help='(%(default)s)')
+    parser.add_argument('--parts', default='cgi,inprocess,servers,inbox', help='(%(default)s)')
     parser.add_argument('--levels', default='1,4,16', help='wrk connections (%(default)s)')
     parser.add_argument('--code', default=ROOT,
                         help="the folder the receiver's .py files come from (%(default)s)")
@@ -637,6 +721,10 @@ def main(argv=None):
             say('2. In-process ...')
             results['inprocess'] = bench_inprocess(work, code, 3 if quick else 15,
                                                    200 if quick else 500)
+        if 'inbox' in parts:
+            say('4. The inbox on a big database ...')
+            results['inbox'] = bench_inbox(work, code, 100000 if quick else 1000000,
+                                           5 if quick else 20)
         if 'servers' in parts:
             say('3. Servers ...')
             results['servers'] = bench_servers(code, 1 if quick else 3, 2 if quick else 4,
