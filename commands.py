@@ -6,6 +6,7 @@ here; no push ever loads this file).
     export [--format csv|jsonl] [--since TIMESTAMP] > FILE
     stats                           messages, deliveries, duplicates, states
     retry                           run the hook over failed messages (for cron)
+    catchup [--minutes N]           store the SMS the push lost, from FiboSMS's API (for cron)
     check [--max-silence HOURS] [--quiet]   the settings, the database, the pushes (for cron)
     log [--lines N]                 the receiver's own log: why pushes were answered 1
     backup DEST                     a checked copy, taken while pushes go on
@@ -37,7 +38,6 @@ import storage
 
 LIST_COLUMNS = ('received_at', 'guid', 'phone', 'state', 'deliveries', 'message')
 NO_DATABASE = ('log', 'inbox', 'inbox-password')  # commands that open no database themselves
-MIN_INBOX_PASSWORD = 10  # characters: the page is on the internet
 MIN_PURGE_DAYS = 7      # the gateway may still retry a recent guid; purged, it is stored anew
 MAX_PURGE_DAYS = 36500  # a cutoff before the year 1000 would not sort as text: received_at
 BATCH = 500             # rows a purge transaction deletes, an export read reads: a push waits less
@@ -53,6 +53,14 @@ SETTINGS = {
     'FIBOSMS_FORWARD_URL': "POST each stored message to this URL (forward.py)",
     'FIBOSMS_FORWARD_SECRET': 'its Standard Webhooks signing secret, whsec_...',
     'FIBOSMS_CONFIG': 'the settings file (only from SetEnv or the environment)',
+    'FIBOSMS_API_URL': "FiboSMS's API (default http://center.fibosms.com/Service.asmx)",
+    'FIBOSMS_API_CLIENT_NO': "the account's clientNo at FiboSMS's API (CL1234)",
+    'FIBOSMS_API_CLIENT_PASS': "the account's clientPass (in the query string of each call)",
+    'FIBOSMS_API_SERVICE_TYPE': "the account's serviceType that replies are sent with",
+    'FIBOSMS_REPLY': 'replies to the customer by keyword, JSON: {"*": "...", "DK": "..."}',
+    'FIBOSMS_REPLY_BRAND': 'send replies under this registered brand name (SendMaskedSMS)',
+    'FIBOSMS_REPLY_PER_DAY': 'replies to one phone in any 24 hours, at most (default 3)',
+    'FIBOSMS_REPLY_ASCII': 'yes: send replies without diacritics (default no)',
     'FIBOSMS_INBOX_PASSWORD': "the inbox's password, hashed (storage.py inbox-password)",
     'FIBOSMS_INBOX_TIMEZONE': "the inbox's time zone, +07:00 (Vietnam) by default",
 }
@@ -179,11 +187,11 @@ def cmd_retry(conn, args):
     settings = dict(args.settings)
     if args.handler:
         settings['FIBOSMS_HANDLER'] = args.handler
-    if not (settings.get('FIBOSMS_HANDLER') or settings.get('FIBOSMS_FORWARD_URL')):
+    import hooks
+    if not hooks.configured(settings):
         print('no hook: set FIBOSMS_HANDLER or FIBOSMS_FORWARD_URL in %s, or give --handler'
               ' module:function' % settings['FIBOSMS_CONFIG'], file=sys.stderr)
         return 2
-    import hooks
 
     def use():
         return contextlib.closing(storage.connect(args.db, args.journal, check=False))
@@ -192,7 +200,18 @@ def cmd_retry(conn, args):
         print('%s %s' % (printable(guid), 'failed: ' + printable(error) if error
                          else 'processed'))
 
-    return 1 if hooks.retry(use, settings, report) else 0
+    failures = hooks.retry(use, settings, report)
+    if settings.get('FIBOSMS_REPLY'):   # the replies whose request never left (fiboreply.py)
+        import fiboreply
+        failures += fiboreply.resend(dict(settings, FIBOSMS_DB=args.db), print)
+    return 1 if failures else 0
+
+
+def cmd_catchup(conn, args):
+    """Store the SMS whose push the gateway gave up on, from FiboSMS's API, each once; run
+    its hook (for cron; fiboapi.py, docs/FIBOSMS_API.md)."""
+    import fiboapi
+    return fiboapi.command(conn, args)
 
 
 # -- The inbox (inbox.py) ---------------------------------------------------------------------
@@ -202,8 +221,8 @@ def cmd_inbox_password(conn, args):
     import getpass
     import inbox
     password = getpass.getpass('New inbox password: ')
-    if len(password) < MIN_INBOX_PASSWORD:
-        print('storage.py: at least %d characters' % MIN_INBOX_PASSWORD, file=sys.stderr)
+    if len(password) < inbox.MIN_PASSWORD:
+        print('storage.py: at least %d characters' % inbox.MIN_PASSWORD, file=sys.stderr)
         return 2
     if getpass.getpass('Again: ') != password:
         print('storage.py: the two differ; nothing changed', file=sys.stderr)
@@ -279,6 +298,10 @@ def cmd_check(conn, args):
     silent = args.max_silence is not None and (hours is None or hours > args.max_silence)
     report('last_push', 'none' if last is None else '%s, %.1f hours ago' % (last, hours),
            not silent)
+    if any(name.startswith(('FIBOSMS_API_', 'FIBOSMS_REPLY')) for name in args.settings):
+        import fiboapi      # catch-up and the replies
+        for name, value, ok in fiboapi.findings(conn, args.settings):
+            report(name, value, ok)
     return 1 if problems else 0
 
 
@@ -309,13 +332,15 @@ def settings_findings(settings):
         if journal is not None and journal not in storage.JOURNAL_MODES:
             raise receiver.SettingError('FIBOSMS_JOURNAL %r is not one of %s'
                                         % (journal, ', '.join(storage.JOURNAL_MODES)))
-        if settings.get('FIBOSMS_HANDLER') or settings.get('FIBOSMS_FORWARD_URL'):
-            import hooks
+        import hooks
+        if hooks.configured(settings):
             hook = hooks.load(settings)
             if getattr(hook, 'check', None):
                 hook.check()
-            found.append(('hook', 'FIBOSMS_FORWARD_URL' if settings.get('FIBOSMS_FORWARD_URL')
-                          else settings['FIBOSMS_HANDLER'], True))
+            found.append(('hook', ', then '.join(name for name in (
+                'FIBOSMS_REPLY' if settings.get('FIBOSMS_REPLY') else None,
+                'FIBOSMS_FORWARD_URL' if settings.get('FIBOSMS_FORWARD_URL')
+                else settings.get('FIBOSMS_HANDLER')) if name), True))
     except Exception as exc:
         found.append(('settings', getattr(exc, 'summary', None) or '%s: %s' % (
             type(exc).__name__, exc), False))
@@ -577,6 +602,11 @@ def parser():
     sub.add_argument('--lines', type=int, default=50)
     sub = commands.add_parser('retry', help=cmd_retry.__doc__)
     sub.add_argument('--handler', help='module:function (default: FIBOSMS_HANDLER)')
+    sub = commands.add_parser('catchup', help=cmd_catchup.__doc__)
+    sub.add_argument('--minutes', type=int, metavar='N',
+                     help='the SMS of the last N minutes (default: a day)')
+    sub.add_argument('--store', metavar='ID', help='store the undecided SMS ID: it is new')
+    sub.add_argument('--ignore', metavar='ID', help='drop the undecided SMS ID: it is stored')
     sub = commands.add_parser('check', help='Check the settings, the database and the pushes;'
                               ' exit 1 on a problem.', description=cmd_check.__doc__)
     sub.add_argument('--max-silence', type=positive_hours, metavar='HOURS',

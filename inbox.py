@@ -6,7 +6,9 @@ message: it reads the database read-only. Standard library only.
 
 Who may look, and how it keeps everyone else out (the rules, all of them here):
 - A password of its own, FIBOSMS_INBOX_PASSWORD in the settings file, kept as a PBKDF2-SHA256
-  hash (``python3 storage.py inbox-password`` sets it); none set, the page serves nothing.
+  hash: ``python3 storage.py inbox-password`` sets it; an owner without a shell writes the
+  password itself on that line, and the page replaces it with its hash when it is next
+  opened. None set (or one under MIN_PASSWORD characters), the page serves nothing.
 - HTTPS only; plain HTTP from this machine alone (a loopback address, no proxy header).
 - The password compared in constant time; after FREE_FAILURES wrong ones from an address, that
   address waits 2, 4, 8 ... seconds (at most MAX_LOCK) before it may try again, each lock one
@@ -48,6 +50,8 @@ SESSION_SECONDS = 8 * 3600
 FREE_FAILURES = 5               # wrong passwords from one address before it must wait
 MAX_LOCK = 900                  # seconds an address waits at most between two tries
 PBKDF2_ITERATIONS = 600000      # OWASP's figure for PBKDF2-HMAC-SHA256 (2023)
+HASHED = 'pbkdf2_sha256$'       # how a hashed FIBOSMS_INBOX_PASSWORD starts
+MIN_PASSWORD = 10               # characters: the page is on the internet
 MAX_QUERY, MAX_BODY = 1024, 8192    # bytes of a request's query string and body
 SEARCH_BUDGET = 0.25            # seconds a text search may scan before the page says it stopped
 MAX_WORDS, MAX_WORD = 5, 64     # words of a text search, characters of each
@@ -128,7 +132,14 @@ class Request:
             raise Answer('403 Forbidden', self.page(self.t('https_only'), ''))
         self.settings = receiver.read_settings(environ, self.given)
         self.config = self.settings['FIBOSMS_CONFIG']
-        if not self.settings.get('FIBOSMS_INBOX_PASSWORD'):
+        stored = self.settings.get('FIBOSMS_INBOX_PASSWORD') or ''
+        if not stored.startswith(HASHED) and len(stored) >= MIN_PASSWORD:
+            set_password(self.config, stored)       # written in clear by hand: hashed now
+            ownerlog.log(environ, self.config, 'inbox: FIBOSMS_INBOX_PASSWORD is now kept'
+                                               ' hashed in %s' % self.config)
+            self.settings = receiver.read_settings(environ, self.given)
+            stored = self.settings.get('FIBOSMS_INBOX_PASSWORD') or ''
+        if not stored.startswith(HASHED):
             raise Answer('503 Service Unavailable', self.page(self.t('no_password'), ''))
         self.state = open_state(os.path.join(os.path.dirname(self.config), STATE_DB))
         try:
@@ -465,8 +476,8 @@ def hash_password(password, iterations=PBKDF2_ITERATIONS):
     """The FIBOSMS_INBOX_PASSWORD line's value: pbkdf2_sha256$ITERATIONS$SALT$HASH (base64)."""
     salt = secrets.token_bytes(16)
     digest = hashlib.pbkdf2_hmac('sha256', password.encode('utf-8'), salt, iterations)
-    return 'pbkdf2_sha256$%d$%s$%s' % (iterations, base64.b64encode(salt).decode('ascii'),
-                                       base64.b64encode(digest).decode('ascii'))
+    return '%s%d$%s$%s' % (HASHED, iterations, base64.b64encode(salt).decode('ascii'),
+                           base64.b64encode(digest).decode('ascii'))
 
 
 def password_matches(password, stored):
@@ -658,8 +669,9 @@ TEXTS = {
         'locked': 'Too many wrong passwords: try again in %d seconds.',
         'expired': 'Your session has ended: log in again.',
         'https_only': 'This page is served over HTTPS only.',
-        'no_password': 'The inbox is off: set its password with python3 storage.py'
-                       ' inbox-password.',
+        'no_password': 'The inbox is off: set its password (10 characters or more) with'
+                       ' python3 storage.py inbox-password, or write it on the line'
+                       ' FIBOSMS_INBOX_PASSWORD= of settings.env.',
         'forbidden': 'Refused: reload the page and try again.',
         'too_long': 'The request is too long.', 'not_found': 'No such message.',
         'broken': 'The inbox failed: receiver.log says why.',
@@ -681,8 +693,9 @@ TEXTS = {
         'locked': 'Sai mật khẩu quá nhiều lần: thử lại sau %d giây.',
         'expired': 'Phiên đăng nhập đã hết: hãy đăng nhập lại.',
         'https_only': 'Trang này chỉ phục vụ qua HTTPS.',
-        'no_password': 'Hộp thư đang tắt: đặt mật khẩu bằng lệnh python3 storage.py'
-                       ' inbox-password.',
+        'no_password': 'Hộp thư đang tắt: đặt mật khẩu (từ 10 ký tự) bằng lệnh python3'
+                       ' storage.py inbox-password, hoặc ghi nó vào dòng'
+                       ' FIBOSMS_INBOX_PASSWORD= trong settings.env.',
         'forbidden': 'Bị từ chối: tải lại trang rồi thử lại.',
         'too_long': 'Yêu cầu quá dài.', 'not_found': 'Không có tin nhắn này.',
         'broken': 'Hộp thư gặp lỗi: xem lý do trong receiver.log.',

@@ -421,3 +421,20 @@ def test_inbox_password_command_asks_twice_and_sets_the_hash(tmp_path, db):
     assert PASSWORD.encode() not in done.stdout + done.stderr
     stored = receiver.read_settings_file(str(config), True)[0]['FIBOSMS_INBOX_PASSWORD']
     assert inbox.password_matches(PASSWORD, stored)
+
+
+def test_a_password_written_in_clear_is_hashed_when_the_page_is_opened(db):
+    """An owner without a shell writes the password itself in settings.env: the page's next
+    request replaces it with its hash (one log line), and it logs in; one too short is none."""
+    write_settings(db, 'FIBOSMS_TOKEN=a-long-enough-secret', 'FIBOSMS_INBOX_PASSWORD=short')
+    config = os.path.join(os.path.dirname(db), 'settings.env')
+    assert 'inbox-password' in browser().get(url(), status=503).text
+    write_settings(db, 'FIBOSMS_TOKEN=a-long-enough-secret',
+                   'FIBOSMS_INBOX_PASSWORD=' + PASSWORD)
+    app = browser()
+    res = app.get(url(), expect_errors=True, status=200)     # the log line: wsgi.errors
+    assert 'name="password"' in res.text
+    text = open(config).read()
+    assert PASSWORD not in text and 'FIBOSMS_INBOX_PASSWORD=pbkdf2_sha256$' in text
+    assert 'FIBOSMS_TOKEN=a-long-enough-secret' in text
+    log_in(app)
