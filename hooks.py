@@ -1,8 +1,10 @@
 """The hook: what processes a message once it is stored, and its bookkeeping.
 
-Loaded only after a message is committed, and only where a hook is set: FIBOSMS_FORWARD_URL
-(a signed POST to the business's application, forward.py) or FIBOSMS_HANDLER (a Python
-function, ``module:function``). Nothing here runs before the row is stored, so nothing here
+Loaded only after a message is committed, and only where a hook is set (SETTINGS):
+FIBOSMS_FORWARD_URL (a signed POST to the business's application, forward.py) or
+FIBOSMS_HANDLER (a Python function, ``module:function``), and FIBOSMS_REPLY (an SMS back to
+the customer, fiboreply.py: first, then the other, if any; it records itself, so that neither
+repeats the other's effect). Nothing here runs before the row is stored, so nothing here
 can keep a message from being stored: a hook that will not load, fails or hangs leaves the
 row 'failed' (or 'processing' until its claim ends), and the push is answered 1.
 
@@ -24,6 +26,8 @@ import traceback
 
 import storage
 
+# The settings that make a hook (receiver.store tests the same names before loading this).
+SETTINGS = ('FIBOSMS_HANDLER', 'FIBOSMS_FORWARD_URL', 'FIBOSMS_REPLY')
 RETRYABLE = """SELECT guid FROM messages
     WHERE state = 'failed' OR (state = 'processing' AND claimed_until < ?) ORDER BY id"""
 
@@ -78,10 +82,24 @@ def process(use, guid, load_hook):
     return summary
 
 
+def configured(settings):
+    """Whether the settings make a hook (SETTINGS)."""
+    return any(settings.get(name) for name in SETTINGS)
+
+
 def load(settings):
     """The hook the settings name: a POST to the application (FIBOSMS_FORWARD_URL,
-    forward.py), or FIBOSMS_HANDLER's module:function (or a callable given to make_app)."""
+    forward.py), or FIBOSMS_HANDLER's module:function (or a callable given to make_app); with
+    FIBOSMS_REPLY, the reply (fiboreply.Replier) and then that one, if any."""
     from receiver import SettingError
+    if settings.get('FIBOSMS_REPLY'):
+        try:
+            import fiboreply
+        except ImportError:
+            raise SettingError('FIBOSMS_REPLY is set, but fiboreply.py or fiboapi.py is not'
+                               ' beside receiver.py: upload them')
+        rest = dict(settings, FIBOSMS_REPLY=None)
+        return fiboreply.Replier(settings, load(rest) if configured(rest) else None)
     handler, url = settings.get('FIBOSMS_HANDLER'), settings.get('FIBOSMS_FORWARD_URL')
     if url:
         try:

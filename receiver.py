@@ -343,7 +343,7 @@ def store(push, settings, environ, kept):
     """Commit the push, then run its hook (hooks.py, loaded only after the commit: nothing a
     hook needs keeps a push from being stored); return only when the answer is 2."""
     path, journal = settings['FIBOSMS_DB'], settings.get('FIBOSMS_JOURNAL')
-    hooked = bool(settings.get('FIBOSMS_HANDLER') or settings.get('FIBOSMS_FORWARD_URL'))
+    hooked = any(settings.get('FIBOSMS_' + n) for n in ('HANDLER', 'FORWARD_URL', 'REPLY'))
     ends = environ.get('fibosms.ends')      # serve_cgi's: the process ends after this push
     if not ends and not kept:
         try:
