@@ -66,10 +66,11 @@ SETTINGS = {
 }
 # Shown escaped, as Python writes them (\x1b, \n, \u202e): the C0 and C1 controls and DEL,
 # which a terminal obeys (ESC [2J clears it, ESC ]0; retitles it), the line and paragraph
-# separators, the bidirectional controls that reorder what is shown (CVE-2021-42574), and
-# the backslash itself, so that what is shown reads back one way only.
-UNPRINTABLE = re.compile('[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e'
-                         '\u2066-\u2069]')
+# separators, the bidirectional controls that reorder what is shown (CVE-2021-42574), the
+# invisible format characters that make two phones look alike (a zero-width space, a BOM,
+# the tag characters), and the backslash itself, so that what is shown reads back one way.
+UNPRINTABLE = re.compile('[\\\\\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e'
+                         '\u2060-\u2069\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]')
 # A CSV field that starts with one of these is a formula to a spreadsheet (CSV injection:
 # https://owasp.org/www-community/attacks/CSV_Injection; ASVS 1.2.10 adds NUL). The export
 # puts a ' in front; also before a field that starts with ' already, so that taking one

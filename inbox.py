@@ -1,7 +1,7 @@
 """The owner's inbox: the stored messages and the receiver's health, in a browser.
 
-Optional, and loaded only by its own page (deploy/cgi/inbox.cgi, the mod_wsgi and Passenger
-lines, or ``python3 storage.py inbox`` on 127.0.0.1): no push ever loads it. It changes no
+Optional, and loaded only by its own page (deploy/cgi-inbox/inbox.cgi, the mod_wsgi and
+Passenger lines, or ``python3 storage.py inbox`` on 127.0.0.1): no push ever loads it. It changes no
 message: it reads the database read-only. Standard library only.
 
 Who may look, and how it keeps everyone else out (the rules, all of them here):
@@ -49,6 +49,8 @@ PAGE_SIZE = 50
 SESSION_SECONDS = 8 * 3600
 FREE_FAILURES = 5               # wrong passwords from one address before it must wait
 MAX_LOCK = 900                  # seconds an address waits at most between two tries
+MAX_TRIES_A_MINUTE = 20         # password checks of the whole page: each costs ~0.2 s of CPU
+ALL = '*'                       # the failures row that counts every address's tries
 PBKDF2_ITERATIONS = 600000      # OWASP's figure for PBKDF2-HMAC-SHA256 (2023)
 HASHED = 'pbkdf2_sha256$'       # how a hashed FIBOSMS_INBOX_PASSWORD starts
 MIN_PASSWORD = 10               # characters: the page is on the internet
@@ -93,15 +95,23 @@ def make_inbox(config=None):
             status, body, headers = request.route()
         except Answer as answer:
             status, body, headers = answer.status, answer.body, answer.headers
-        except Exception as exc:    # a setting that cannot work, the database, or a bug
-            reason = getattr(exc, 'reason', None) or 'unexpected error %s' % type(exc).__name__
-            ownerlog.log(environ, receiver.config_path(environ, given)[0], 'inbox: %s' % reason)
+        except receiver.Reject as exc:      # a setting that cannot work: the owner's to mend
+            ownerlog.log(environ, receiver.config_path(environ, given)[0],
+                         'inbox: %s' % exc.reason)
+            request.session = None
+            status, body, headers = '500 Internal Server Error', request.page(
+                request.t('broken'), ''), []
+        except Exception as exc:    # the database, or a bug: the server's log only, so that
+            environ['wsgi.errors'].write(     # no caller can fill receiver.log with them
+                'fibosms-inbox: unexpected error %s\n' % type(exc).__name__)
             request.session = None
             status, body, headers = '500 Internal Server Error', request.page(
                 request.t('broken'), ''), []
         if isinstance(body, str):
             body = [body.encode('utf-8')]
             headers = [('Content-Type', 'text/html; charset=utf-8')] + headers
+        if environ.get('wsgi.url_scheme') == 'https':
+            headers.append(('Strict-Transport-Security', 'max-age=31536000'))
         start_response(status, HEADERS + headers)
         return body
 
@@ -117,7 +127,7 @@ class Request:
         self.environ, self.given = environ, given
         # The page's own path, for its cookie: the page has one URL (links are relative to it).
         path = (environ.get('SCRIPT_NAME', '') + environ.get('PATH_INFO', '')).rstrip('/')
-        self.path = path if re.match(r'^[A-Za-z0-9/._~-]{1,200}$', path) else '/'
+        self.path = path if re.match(r'^[A-Za-z0-9/._~-]{1,200}\Z', path) else '/'
         self.query = dict(urllib.parse.parse_qsl(environ.get('QUERY_STRING', '')[:MAX_QUERY]))
         self.form, self.session, self.lang = {}, None, 'en'
 
@@ -133,8 +143,10 @@ class Request:
         self.settings = receiver.read_settings(environ, self.given)
         self.config = self.settings['FIBOSMS_CONFIG']
         stored = self.settings.get('FIBOSMS_INBOX_PASSWORD') or ''
-        if not stored.startswith(HASHED) and len(stored) >= MIN_PASSWORD:
-            set_password(self.config, stored)       # written in clear by hand: hashed now
+        if (not stored.startswith(HASHED) and len(stored) >= MIN_PASSWORD
+                and os.access(os.path.dirname(self.config), os.W_OK)):
+            # Written in clear by hand: hashed now (once, whoever's request comes first).
+            set_password(self.config, stored, only_if_clear=True)
             ownerlog.log(environ, self.config, 'inbox: FIBOSMS_INBOX_PASSWORD is now kept'
                                                ' hashed in %s' % self.config)
             self.settings = receiver.read_settings(environ, self.given)
@@ -161,8 +173,10 @@ class Request:
                 if method == 'POST':
                     raise Answer('403 Forbidden', self.login_page(self.t('expired')))
                 return '200 OK', self.login_page(), []
-            if method == 'POST' and not hmac.compare_digest(
-                    self.form.get('csrf', ''), csrf_token(self.state, self.session)):
+            csrf = self.form.get('csrf', '')
+            if method == 'POST' and not (re.match(r'^[0-9a-f]{64}\Z', csrf) and
+                                         hmac.compare_digest(csrf, csrf_token(self.state,
+                                                                              self.session))):
                 raise Answer('403 Forbidden', self.page(self.t('forbidden'), ''))
             if action == 'logout':
                 return self.logout()
@@ -179,7 +193,7 @@ class Request:
             size = int(self.environ.get('CONTENT_LENGTH') or 0)
         except ValueError:
             size = MAX_BODY + 1
-        if size > MAX_BODY:
+        if not 0 <= size <= MAX_BODY:
             raise Answer('413 Payload Too Large', self.page(self.t('too_long'), ''))
         body = self.environ['wsgi.input'].read(size) if size else b''
         self.form = dict(urllib.parse.parse_qsl(body.decode('utf-8', 'replace')))
@@ -191,24 +205,37 @@ class Request:
     # -- Logging in and out ----------------------------------------------------------------
 
     def login(self):
-        address, now = self.environ.get('REMOTE_ADDR', ''), time.time()
-        row = self.state.execute('SELECT count, until FROM failures WHERE address = ?',
-                                 (address,)).fetchone()
-        if row and row[1] > now:
-            return '200 OK', self.login_page(self.t('locked', int(row[1] - now) + 1)), []
-        if not password_matches(self.form.get('password', ''),
-                                self.settings['FIBOSMS_INBOX_PASSWORD']):
+        """Each try is counted (and locks its address past FREE_FAILURES, the whole page past
+        MAX_TRIES_A_MINUTE) before the password is hashed, in one transaction: tries sent at
+        once are counted each, and a locked address costs no hash."""
+        address, now = caller_key(self.environ.get('REMOTE_ADDR', '')), time.time()
+        with storage.Transaction(self.state):
+            self.state.execute('DELETE FROM failures WHERE until < ? AND address != ?',
+                               (now - 86400, ALL))
+            row = self.state.execute('SELECT count, until FROM failures WHERE address = ?',
+                                     (address,)).fetchone()
+            tries = self.state.execute('SELECT count, until FROM failures WHERE address = ?',
+                                       (ALL,)).fetchone()
+            if tries is None or tries[1] <= now:
+                tries = (0, now + 60)
+            if (row and row[1] > now) or tries[0] >= MAX_TRIES_A_MINUTE:
+                wait = max(row[1] if row and row[1] > now else 0, tries[1]
+                           if tries[0] >= MAX_TRIES_A_MINUTE else 0) - now
+                return '200 OK', self.login_page(self.t('locked', int(wait) + 1)), []
             count = (row[0] if row else 0) + 1
             wait = 0 if count < FREE_FAILURES else min(2 ** (count - FREE_FAILURES + 1),
                                                        MAX_LOCK)
             self.state.execute('INSERT OR REPLACE INTO failures VALUES (?, ?, ?)',
                                (address, count, now + wait))
+            self.state.execute('INSERT OR REPLACE INTO failures VALUES (?, ?, ?)',
+                               (ALL, tries[0] + 1, tries[1]))
+        if not password_matches(self.form.get('password', ''),
+                                self.settings['FIBOSMS_INBOX_PASSWORD']):
             if wait:
                 ownerlog.log(self.environ, self.config, 'inbox: %d wrong passwords from %s:'
                              ' it waits %d s before the next try' % (count, address[:60], wait))
             return '200 OK', self.login_page(self.t('wrong')), []
-        self.state.execute('DELETE FROM failures WHERE address = ? OR until < ?',
-                           (address, now - 86400))
+        self.state.execute('DELETE FROM failures WHERE address = ?', (address,))
         self.state.execute('DELETE FROM sessions WHERE expires < ?', (now,))
         session = secrets.token_urlsafe(32)
         self.state.execute('INSERT INTO sessions VALUES (?, ?)', (session, now + SESSION_SECONDS))
@@ -269,7 +296,7 @@ class Request:
             'link': esc(self.link(id=row['id'], lang=self.lang)),
             'time': esc(local_time(row['received_at'], zone)), 'phone': shown(row['phone']),
             'text': shown(row['message'][:300] + ('…' if len(row['message']) > 300 else '')),
-            'state': esc(self.state_name(row)), 'deliveries': row['deliveries'],
+            'state': esc(self.state_name(row)), 'deliveries': esc(row['deliveries']),
             'class': esc(row['state'])} for row in rows)
         notes = []
         if stopped:
@@ -336,10 +363,9 @@ class Request:
                    '<li>%s</li>' % esc(self.t('none'))}
 
     def message_page(self):
-        try:
-            ident = int(self.query['id'])
-        except ValueError:
+        if not re.match(r'^\d{1,18}\Z', self.query['id']):
             raise Answer('400 Bad Request', self.page(self.t('not_found'), ''))
+        ident = int(self.query['id'])
         row = self.database().execute('SELECT * FROM messages WHERE id = ?', (ident,)
                                       ).fetchone()
         if row is None:
@@ -349,12 +375,14 @@ class Request:
             value = row[name]
             if name in ('received_at', 'last_delivery_at', 'processed_at') and value:
                 value = '%s (%s)' % (local_time(value, zone), value)
-            if name == 'extra':
+            if name == 'extra':     # one line a parameter: a newline in one is shown as \n
                 extra = json.loads(value or '{}')
-                value = '\n'.join('%s = %s' % (k, extra[k]) for k in sorted(extra)) or '—'
+                fields.append('<dt>extra</dt><dd class="pre">%s</dd>' % ('\n'.join(
+                    '%s = %s' % (shown(k), shown(extra[k])) for k in sorted(extra)) or '—'))
+                continue
             fields.append('<dt>%s</dt><dd%s>%s</dd>' % (
-                esc(name), ' class="pre"' if name in ('last_error', 'extra') else '',
-                shown(value if value is not None else '—', keep_lines=True)))
+                esc(name), ' class="pre"' if name == 'last_error' else '',
+                shown(value if value is not None else '—', keep_lines=name == 'last_error')))
         return self.page(self.t('message'), '<p><a href="%s">%s</a></p><dl>%s</dl>' % (
             esc(self.link(lang=self.lang)), esc(self.t('back')), ''.join(fields)))
 
@@ -402,11 +430,14 @@ class Request:
 # -- The parts -------------------------------------------------------------------------------
 
 def secure(environ):
-    """Whether the request came over HTTPS, or over HTTP from this machine itself."""
+    """Whether the request came over HTTPS, or over HTTP from this machine itself, for a
+    loopback host name (not a name of the caller's that a rebinding DNS points here)."""
     if environ.get('wsgi.url_scheme') == 'https' or environ.get('HTTPS', '').lower() in (
             'on', '1'):
         return True
-    return receiver.local_caller(environ, environ.get('REMOTE_ADDR', ''))
+    host = re.sub(r':\d{1,5}$', '', environ.get('HTTP_HOST', ''))
+    return host in ('127.0.0.1', 'localhost', '[::1]') and receiver.local_caller(
+        environ, environ.get('REMOTE_ADDR', ''))
 
 
 def same_origin(environ):
@@ -415,10 +446,24 @@ def same_origin(environ):
         'on', '1')
     own = '%s://%s' % ('https' if tls else 'http', environ.get('HTTP_HOST', ''))
     origin = environ.get('HTTP_ORIGIN')
-    if origin is not None:
-        return hmac.compare_digest(origin, own)
+    if origin is not None:     # (PEP 3333: the headers are latin-1 text)
+        return hmac.compare_digest(origin.encode('latin-1'), own.encode('latin-1'))
     referer = environ.get('HTTP_REFERER', '')
     return referer == own or referer.startswith(own + '/')
+
+
+def caller_key(address):
+    """What guessing is counted by: the address, an IPv6 one by its /64 (which one user has)."""
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(address.split('%')[0])
+    except ValueError:
+        return address[:60]
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network('%s/64' % ip, strict=False))
+    return str(ip)
 
 
 def choose_language(asked, accept):
@@ -466,7 +511,10 @@ def find_session(state, cookie_header):
     except Exception:   # http.cookies raises CookieError and others on a malformed header
         return None
     session, _, signature = (morsel.value if morsel else '').partition('.')
-    if not session or not hmac.compare_digest(signature, sign(state, session)):
+    if not (re.match(r'^[A-Za-z0-9_-]{43}\Z', session) and re.match(r'^[0-9a-f]{64}\Z',
+                                                                     signature)):
+        return None
+    if not hmac.compare_digest(signature, sign(state, session)):
         return None
     row = state.execute('SELECT expires FROM sessions WHERE id = ?', (session,)).fetchone()
     return session if row and row[0] > time.time() else None
@@ -574,12 +622,11 @@ def message_query(filters, after, limit, columns=LIST_COLUMNS):
 
 
 def find_messages(conn, filters, after, limit):
-    """(rows, stopped): the page's rows; `stopped` when a text search ran out of its time
-    (SEARCH_BUDGET) and the rows are those found until then."""
+    """(rows, stopped): the page's rows; `stopped` when the search ran out of its time
+    (SEARCH_BUDGET: a text search scans) and the rows are those found until then."""
     sql, params = message_query(filters, after, limit)
     deadline = time.monotonic() + SEARCH_BUDGET
-    if filters.words:
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10000)
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 10000)
     rows, stopped = [], False
     try:
         cursor = conn.execute(sql, params)
@@ -636,27 +683,44 @@ def excel_text(value):
     return '' if value is None else '="%s"' % str(value).replace('"', '""')
 
 
-def set_password(config, password):
+def set_password(config, password, only_if_clear=False):
     """Write FIBOSMS_INBOX_PASSWORD=<hash> into the settings file `config` (made, 0600, if
-    missing), in place of any line that set it."""
+    missing), in place of any line that set it, and end the sessions open. One writer at a
+    time (a lock file beside it); with only_if_clear, only while the line still holds a
+    password in clear (two first requests hash it once). The file is replaced whole, by a
+    temporary file of its own, so that a reader never sees it half written."""
+    import fcntl
+    import tempfile
     path = os.path.abspath(config)
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         os.makedirs(folder, 0o700)
+    lock = os.open(path + '.lock', os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        with open(path, encoding='utf-8') as f:
-            lines = [line for line in f.read().splitlines()
-                     if not line.strip().startswith('FIBOSMS_INBOX_PASSWORD')]
-    except FileNotFoundError:
-        lines = []
-    lines.append('FIBOSMS_INBOX_PASSWORD=%s' % hash_password(password))
-    temporary = path + '.new'
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        f.write('\n'.join(lines) + '\n')
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(path, encoding='utf-8') as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        old = [line for line in lines if line.strip().startswith('FIBOSMS_INBOX_PASSWORD')]
+        if only_if_clear and (not old or old[-1].partition('=')[2].strip().startswith(HASHED)):
+            return path
+        lines = [line for line in lines if line not in old]
+        lines.append('FIBOSMS_INBOX_PASSWORD=%s' % hash_password(password))
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix='.settings-')   # 0600
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write('\n'.join(lines) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        state = os.path.join(folder, STATE_DB)
+        if os.path.exists(state):
+            conn = open_state(state)
+            conn.execute('DELETE FROM sessions')
+            conn.close()
+    finally:
+        os.close(lock)
     return path
 
 
@@ -678,8 +742,8 @@ TEXTS = {
         'time': 'Received', 'phone': 'Phone', 'text': 'Text', 'state': 'State',
         'deliveries': 'Deliveries', 'from': 'From', 'to': 'To', 'words': 'Words in the text',
         'search': 'Search', 'export': 'Download CSV', 'older': 'Older messages',
-        'none': 'None.', 'stopped': 'The text search stopped after %g s: narrow it by date'
-                                    ' or phone to see everything it would find.',
+        'none': 'None.', 'stopped': 'The search stopped after %g s: narrow it by date or'
+                                    ' phone to see everything it would find.',
         'health': 'The receiver', 'last_push': 'Last message received',
         'never': 'none yet', 'failed': 'Messages whose hook failed or waits',
         'database': 'Database', 'place': 'Database place', 'private': "this user's own,"
@@ -703,8 +767,8 @@ TEXTS = {
         'deliveries': 'Số lần gửi', 'from': 'Từ ngày', 'to': 'Đến ngày',
         'words': 'Từ trong nội dung', 'search': 'Tìm', 'export': 'Tải về CSV',
         'older': 'Tin cũ hơn', 'none': 'Không có.',
-        'stopped': 'Tìm theo nội dung đã dừng sau %g giây: hãy lọc thêm theo ngày hoặc số'
-                   ' điện thoại để thấy hết.',
+        'stopped': 'Việc tìm đã dừng sau %g giây: hãy lọc thêm theo ngày hoặc số điện'
+                   ' thoại để thấy hết.',
         'health': 'Tình trạng trang nhận', 'last_push': 'Tin nhắn mới nhất',
         'never': 'chưa có', 'failed': 'Tin nhắn xử lý lỗi hoặc đang chờ',
         'database': 'Cơ sở dữ liệu', 'place': 'Nơi lưu dữ liệu',
@@ -734,9 +798,9 @@ FILTERS = """<form method="post" action="%(action)s" class="filters">%(hidden)s
 <label>%(from_label)s <input type="date" name="from" value="%(from)s"></label>
 <label>%(to_label)s <input type="date" name="to" value="%(to)s"></label>
 <label>%(phone_label)s <input type="search" name="phone" value="%(phone)s" maxlength="32"
-inputmode="tel"></label>
-<label>%(words_label)s <input type="search" name="words" value="%(words)s" maxlength="200">
-</label>
+inputmode="tel" autocomplete="off"></label>
+<label>%(words_label)s <input type="search" name="words" value="%(words)s" maxlength="200"
+autocomplete="off"></label>
 <label>%(state_label)s <select name="state">%(options)s</select></label>
 <button name="action" value="search">%(search)s</button>
 <button name="action" value="export">%(export)s</button></form>

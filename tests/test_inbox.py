@@ -308,7 +308,7 @@ def test_a_text_search_stops_at_its_budget_and_says_so(pushed, settings, db, mon
     app = browser()
     csrf = log_in(app)
     page = post(app, csrf, words='nowhere')
-    assert 'The text search stopped after 0.01 s' in page.text
+    assert 'The search stopped after 0.01 s' in page.text
 
 
 # -- Nothing stored acts ----------------------------------------------------------------------
@@ -438,3 +438,166 @@ def test_a_password_written_in_clear_is_hashed_when_the_page_is_opened(db):
     assert PASSWORD not in text and 'FIBOSMS_INBOX_PASSWORD=pbkdf2_sha256$' in text
     assert 'FIBOSMS_TOKEN=a-long-enough-secret' in text
     log_in(app)
+
+
+# -- What a hostile review tried --------------------------------------------------------------
+
+def test_guesses_sent_at_once_are_each_counted(settings, db):
+    """Twenty wrong passwords sent at the same moment from one address are each counted
+    before any is checked: the address is locked, not left at one failure."""
+    import threading
+    app = inbox.make_inbox()
+    results = []
+
+    def guess(n):
+        res = TestApp(app, extra_environ={'REMOTE_ADDR': '203.0.113.9', 'HTTP_HOST': HOST,
+                                          'wsgi.url_scheme': 'https'}).post(
+            url(), {'action': 'login', 'password': 'guess %d' % n}, headers=ORIGIN,
+            status=200, expect_errors=True)
+        results.append(res.text)
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    state = sqlite3.connect(os.path.join(os.path.dirname(db), inbox.STATE_DB))
+    count, until = state.execute("SELECT count, until FROM failures WHERE address ="
+                                 " '203.0.113.9'").fetchone()
+    state.close()
+    checked = sum('Wrong password' in text for text in results)
+    assert count == checked <= inbox.FREE_FAILURES and until > time.time()
+
+
+def test_one_ipv6_network_is_one_guesser_and_the_page_has_a_budget(settings, monkeypatch):
+    """Addresses of one /64 share their count; past MAX_TRIES_A_MINUTE tries from anywhere,
+    the page checks no password for the rest of the minute."""
+    for n in range(inbox.FREE_FAILURES):
+        browser(remote='2001:db8::%x' % (n + 1)).post(
+            url(), {'action': 'login', 'password': 'guess'}, headers=ORIGIN, status=200,
+            expect_errors=True)
+    res = browser(remote='2001:db8::ffff').post(url(), {'action': 'login', 'password': PASSWORD},
+                                               headers=ORIGIN)
+    assert 'Too many wrong passwords' in res.text
+    monkeypatch.setattr(inbox, 'MAX_TRIES_A_MINUTE', inbox.FREE_FAILURES + 3)
+    for n in range(3):
+        browser(remote='198.51.100.%d' % n).post(url(), {'action': 'login', 'password': 'x'},
+                                                 headers=ORIGIN)
+    res = browser(remote='198.51.100.99').post(url(), {'action': 'login', 'password': PASSWORD},
+                                              headers=ORIGIN)
+    assert 'Too many wrong passwords' in res.text and 'Set-Cookie' not in res.headers
+
+
+@pytest.mark.parametrize('headers', [
+    {'Origin': 'https://\xe9'}, {'Cookie': 'fibosms_inbox="\\351.abc"'},
+    {'Cookie': 'fibosms_inbox="abc.\\351"'}])
+def test_non_ascii_origins_and_cookies_are_refused_quietly(settings, db, headers):
+    """An Origin or a cookie with non-ASCII bytes is a refusal (or no session), not a 500,
+    and writes nothing in the owner's log."""
+    res = browser().post(url(), {'action': 'search', 'csrf': '\xe9' * 64}, headers=headers,
+                         status=403, expect_errors=True)
+    assert 'failed' not in res.text
+    assert not os.path.exists(os.path.join(os.path.dirname(db), 'receiver.log'))
+
+
+def test_a_non_ascii_csrf_token_is_a_refusal(settings):
+    app = browser()
+    log_in(app)
+    post(app, '\xe9' * 64, status=403)
+
+
+def test_plain_http_for_another_host_name_is_refused(settings):
+    """On the loopback command a rebinding DNS name pointed at 127.0.0.1 is not served."""
+    local = TestApp(inbox.make_inbox(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+    local.get('http://evil.example:8001/', status=403)
+    assert 'name="password"' in local.get('http://127.0.0.1:8001/').text
+    assert 'name="password"' in local.get('http://localhost:8001/').text
+
+
+def test_first_requests_at_once_hash_a_clear_password_once(db):
+    """Ten first requests at once: every one is served, the settings file is never seen
+    without its other lines, and the password ends hashed."""
+    import threading
+    write_settings(db, 'FIBOSMS_TOKEN=a-long-enough-secret', 'FIBOSMS_INBOX_PASSWORD=' + PASSWORD)
+    config = os.path.join(os.path.dirname(db), 'settings.env')
+    app, statuses, seen, done = inbox.make_inbox(), [], [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            seen.append('FIBOSMS_TOKEN=a-long-enough-secret' in open(config).read())
+
+    def first():
+        statuses.append(TestApp(app, extra_environ={
+            'REMOTE_ADDR': '203.0.113.9', 'HTTP_HOST': HOST, 'wsgi.url_scheme': 'https'}).get(
+            url(), expect_errors=True).status_int)
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=first) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    done.set()
+    reader.join(10)
+    assert statuses == [200] * 10 and seen and all(seen)
+    assert open(config).read().count('pbkdf2_sha256$') == 1
+
+
+def test_a_negative_content_length_is_refused(settings):
+    """(The small server passes a Content-Length of -1 on; WebTest's lint would refuse it.)"""
+    app = TestApp(inbox.make_inbox(), lint=False, extra_environ={
+        'REMOTE_ADDR': '203.0.113.9', 'HTTP_HOST': HOST, 'wsgi.url_scheme': 'https'})
+    app.post(url(), b'x' * 100, headers=dict(ORIGIN, **{'Content-Length': '-1'}), status=413,
+             expect_errors=True)
+
+
+def test_a_newline_in_the_path_never_reaches_the_cookie(settings):
+    res = browser().post(url('x%0A'), {'action': 'login', 'password': PASSWORD}, headers=ORIGIN,
+                         extra_environ={'PATH_INFO': '/x\n'}, status=303)
+    assert '\n' not in res.headers['Set-Cookie'] and 'Path=/;' in res.headers['Set-Cookie']
+
+
+def test_invisible_characters_and_newlines_in_extras_are_shown(pushed, settings):
+    """A zero-width space in a phone is shown as \\u200b; a newline in an extra parameter
+    cannot fake another line of the message's page."""
+    pushed('g-1', phone='0912\u200b345678', z='a\nlast_error = FAKE')
+    app = browser()
+    log_in(app)
+    ident = rows_shown(app.get(url()))[0]
+    page = app.get(url('?id=' + ident))
+    assert '0912\\u200b345678' in page.text and '\u200b' not in page.text
+    assert 'z = a\\nlast_error = FAKE' in page.text
+
+
+def test_https_pages_ask_for_https_next_time(settings):
+    assert browser().get(url()).headers['Strict-Transport-Security'] == 'max-age=31536000'
+
+
+def test_an_id_too_long_for_sqlite_is_a_bad_request(settings):
+    app = browser()
+    log_in(app)
+    app.get(url('?id=99999999999999999999'), status=400)
+
+
+def test_a_filter_without_words_stops_at_the_budget_too(pushed, settings, db, monkeypatch):
+    """state=processed on many rows of which none is: the scan stops at the budget."""
+    pushed('g-0')
+    conn = sqlite3.connect(db)
+    conn.executemany(
+        "INSERT INTO messages (guid, phone, phone_normalised, message, charset, raw_query,"
+        " received_at, last_delivery_at, state) VALUES (?, '1', '1', 'x', 'utf-8', '', ?, ?,"
+        " 'failed')", [('bulk-%d' % n, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')
+                       for n in range(200000)])
+    conn.execute("UPDATE messages SET state = 'failed'")
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(inbox, 'SEARCH_BUDGET', 0.01)
+    app = browser()
+    csrf = log_in(app)
+    assert 'The search stopped after 0.01 s' in post(app, csrf, state='processed').text
+
+
+def test_a_new_password_ends_the_sessions_open(settings):
+    app = browser()
+    log_in(app)
+    inbox.set_password(settings, PASSWORD + ' new')
+    assert 'name="password"' in app.get(url()).text
