@@ -37,7 +37,7 @@ import receiver
 import storage
 
 LIST_COLUMNS = ('received_at', 'guid', 'phone', 'state', 'deliveries', 'message')
-NO_DATABASE = ('log', 'inbox', 'inbox-password')  # commands that open no database themselves
+NO_DATABASE = ('log', 'inbox', 'inbox-password', 'catchup')  # main opens none for them
 MIN_PURGE_DAYS = 7      # the gateway may still retry a recent guid; purged, it is stored anew
 MAX_PURGE_DAYS = 36500  # a cutoff before the year 1000 would not sort as text: received_at
 BATCH = 500             # rows a purge transaction deletes, an export read reads: a push waits less
@@ -210,9 +210,9 @@ def cmd_retry(conn, args):
 
 def cmd_catchup(conn, args):
     """Store the SMS whose push the gateway gave up on, from FiboSMS's API, each once; run
-    its hook (for cron; fiboapi.py, docs/FIBOSMS_API.md)."""
+    its hook (for cron; fiboapi.py)."""
     import fiboapi
-    return fiboapi.command(conn, args)
+    return fiboapi.command(args)
 
 
 # -- The inbox (inbox.py) ---------------------------------------------------------------------
@@ -299,7 +299,7 @@ def cmd_check(conn, args):
     silent = args.max_silence is not None and (hours is None or hours > args.max_silence)
     report('last_push', 'none' if last is None else '%s, %.1f hours ago' % (last, hours),
            not silent)
-    if any(name.startswith(('FIBOSMS_API_', 'FIBOSMS_REPLY')) for name in args.settings):
+    if any(args.settings.get(name) for name in ('FIBOSMS_API_CLIENT_NO', 'FIBOSMS_REPLY')):
         import fiboapi      # catch-up and the replies
         for name, value, ok in fiboapi.findings(conn, args.settings):
             report(name, value, ok)
