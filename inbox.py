@@ -208,8 +208,9 @@ class Request:
         """Each try is counted (and locks its address past FREE_FAILURES, the whole page past
         MAX_TRIES_A_MINUTE) before the password is hashed, in one transaction: tries sent at
         once are counted each, and a locked address costs no hash."""
-        address, now = caller_key(self.environ.get('REMOTE_ADDR', '')), time.time()
+        address = caller_key(self.environ.get('REMOTE_ADDR', ''))
         with storage.Transaction(self.state):
+            now = time.time()   # read once the lock is held: an earlier clock sees no lock
             self.state.execute('DELETE FROM failures WHERE until < ? AND address != ?',
                                (now - 86400, ALL))
             row = self.state.execute('SELECT count, until FROM failures WHERE address = ?',
