@@ -60,6 +60,7 @@ SETTINGS = {
     'FIBOSMS_REPLY': 'replies to the customer by keyword, JSON: {"*": "...", "DK": "..."}',
     'FIBOSMS_REPLY_BRAND': 'send replies under this registered brand name (SendMaskedSMS)',
     'FIBOSMS_REPLY_PER_DAY': 'replies to one phone in any 24 hours, at most (default 3)',
+    'FIBOSMS_REPLY_A_DAY': 'replies to all phones in any 24 hours at most (default 500)',
     'FIBOSMS_REPLY_ASCII': 'yes: send replies without diacritics (default no)',
     'FIBOSMS_INBOX_PASSWORD': "the inbox's password, hashed (storage.py inbox-password)",
     'FIBOSMS_INBOX_TIMEZONE': "the inbox's time zone, +07:00 (Vietnam) by default",

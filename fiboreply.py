@@ -15,8 +15,8 @@ At most one reply per message, ever, whatever runs its hook again (the gateway's
 forward that failed, retry, catch-up), by its row in fiboapi_replies, keyed by the guid:
 - Decided once: in one BEGIN IMMEDIATE transaction the row is made, with the text to send or
   why none ('skipped': no rule, not a mobile number, sent more than TOO_OLD ago,
-  FIBOSMS_REPLY_PER_DAY replies to that phone in the last 24 hours, counted in the same
-  transaction), and marked 'sending';
+  FIBOSMS_REPLY_PER_DAY replies to that phone, or FIBOSMS_REPLY_A_DAY to all, in the last 24
+  hours, counted in the same transaction), and marked 'sending';
   the COMMIT returns before the request leaves.
 - Sent once: a row is never decided again. One left 'sending' (its process died), or whose
   request left with no answer to read, is 'unknown': never sent again, named by check.
@@ -41,6 +41,8 @@ import storage
 
 MAX_REPLY = 459         # characters of a reply: 3 SMS in the GSM alphabet, 7 in Unicode
 DEFAULT_PER_DAY, MAX_PER_DAY = 3, 100   # replies to one phone in any 24 hours
+DEFAULT_A_DAY = 500     # replies to all phones in any 24 hours: what a forged SMS list (over
+                        # http://) or a flood of pushes can cost at most; FIBOSMS_REPLY_A_DAY
 TRIES = 3               # requests that never left, in all, before a reply is 'unsent'
 PENDING_FOR = 86400.0   # seconds a reply may wait for a connection: later, it would confuse
 TOO_OLD = 86400.0       # seconds after its SMS was sent that a message gets no reply: so,
@@ -82,6 +84,8 @@ INSERT_REPLY = """INSERT INTO fiboapi_replies (guid, sms_guid, phone, state, rul
     reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 TODAY = """SELECT count(*) FROM fiboapi_replies WHERE phone = ? AND created_at > ?
     AND state IN ('pending', 'sending', 'sent', 'unknown')"""   # those that cost, or may
+TODAY_ALL = """SELECT count(*) FROM fiboapi_replies WHERE created_at > ?
+    AND state IN ('pending', 'sending', 'sent', 'unknown')"""
 TAKE = """UPDATE fiboapi_replies SET state = 'sending', attempts = attempts + 1, tried_at = ?
     WHERE guid = ? AND state = 'pending' AND attempts < ?"""
 # 'unknown' too: a slow process's outcome, recorded after `resend` gave it up for dead.
@@ -120,6 +124,10 @@ class Replier:
             raise SettingError('FIBOSMS_REPLY_PER_DAY must be a number from 1 to %d'
                                % MAX_PER_DAY)
         self.per_day = int(per_day)
+        a_day = (settings.get('FIBOSMS_REPLY_A_DAY') or str(DEFAULT_A_DAY)).strip()
+        if not (re.match(r'[0-9]{1,7}$', a_day) and int(a_day) >= 1):
+            raise SettingError('FIBOSMS_REPLY_A_DAY must be a number of replies, 1 or more')
+        self.a_day = int(a_day)
         self.db, self.journal = settings['FIBOSMS_DB'], settings.get('FIBOSMS_JOURNAL')
         self.config = settings.get('FIBOSMS_CONFIG') or self.db
 
@@ -163,6 +171,8 @@ class Replier:
                       'sent more than a day ago' if now - sent_at(message) > TOO_OLD else
                       '%d replies to this phone in 24 hours already' % self.per_day
                       if conn.execute(TODAY, (phone, now - 86400)).fetchone()[0] >= self.per_day
+                      else '%d replies in 24 hours already (FIBOSMS_REPLY_A_DAY)' % self.a_day
+                      if conn.execute(TODAY_ALL, (now - 86400,)).fetchone()[0] >= self.a_day
                       else None)
             conn.execute(INSERT_REPLY, (guid, str(uuid.uuid5(NAMESPACE, guid)), None if reason
                                         else phone, 'skipped' if reason else 'pending', rule,

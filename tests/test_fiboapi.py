@@ -348,6 +348,7 @@ def test_the_owners_guide_states_the_figures_and_settings_the_code_uses():
             'reads at most %d MiB' % (fiboapi.MAX_ANSWER // 1024 // 1024),
             'A reply is at most %d characters' % fiboreply.MAX_REPLY,
             '`FIBOSMS_REPLY_PER_DAY` (%d)' % fiboreply.DEFAULT_PER_DAY,
+            '`FIBOSMS_REPLY_A_DAY` (%d)' % fiboreply.DEFAULT_A_DAY,
             '%d tries in all, for a day' % fiboreply.TRIES,
             'after %d days' % (fiboreply.FORGET_PHONE // 86400),
             'names it for %d days' % (fiboreply.UNKNOWN_FOR // 86400),
@@ -356,4 +357,4 @@ def test_the_owners_guide_states_the_figures_and_settings_the_code_uses():
     assert fiboapi.MAX_MINUTES == 6 * 1440 < commands.MIN_PURGE_DAYS * 1440
     ours = [name for name in commands.SETTINGS if name.startswith(('FIBOSMS_API_',
                                                                   'FIBOSMS_REPLY'))]
-    assert len(ours) == 8 and all('| `%s` |' % name in text for name in ours)
+    assert len(ours) == 9 and all('| `%s` |' % name in text for name in ours)

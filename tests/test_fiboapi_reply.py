@@ -219,6 +219,18 @@ def test_at_most_n_replies_to_one_phone_a_day(make_client, db, emulator):
         'skipped', '2 replies to this phone in 24 hours already')
 
 
+def test_at_most_n_replies_to_all_phones_a_day(make_client, db, emulator):
+    """FIBOSMS_REPLY_A_DAY: past it, no phone gets a reply for 24 hours: what a flood of
+    messages from many numbers can cost."""
+    replying(db, emulator, 'FIBOSMS_REPLY_A_DAY=3')
+    client = make_client()
+    for n in range(5):
+        push(client, 'DK', phone='09123456%02d' % n, guid='g-%d' % n)
+    assert len(emulator.outbox) == 3
+    assert [(r['state'], r['reason']) for r in replies(db)][3:] == [
+        ('skipped', '3 replies in 24 hours already (FIBOSMS_REPLY_A_DAY)')] * 2
+
+
 def test_the_default_limit_is_small(make_client, db, emulator):
     replying(db, emulator)
     client = make_client()
@@ -286,6 +298,8 @@ def test_the_reply_and_a_handler_combine(make_client, db, emulator, hook_module)
     ('FIBOSMS_REPLY={"*": "%s"}' % ('x' * 460), 'over 459 characters'),
     ('FIBOSMS_REPLY={"*": "a\\u0007b"}', 'control characters'),
     ('FIBOSMS_REPLY_PER_DAY=0', 'FIBOSMS_REPLY_PER_DAY must be a number from 1 to 100'),
+    ('FIBOSMS_REPLY_A_DAY=0', 'FIBOSMS_REPLY_A_DAY must be a number of replies'),
+    ('FIBOSMS_REPLY_A_DAY=lots', 'FIBOSMS_REPLY_A_DAY must be a number of replies'),
     ('FIBOSMS_REPLY_ASCII=maybe', 'FIBOSMS_REPLY_ASCII must be yes or no'),
     ('FIBOSMS_REPLY_BRAND=A brand far too long', 'FIBOSMS_REPLY_BRAND must be'),
     ('FIBOSMS_API_SERVICE_TYPE=', 'FIBOSMS_API_SERVICE_TYPE must be the number'),
