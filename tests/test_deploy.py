@@ -11,6 +11,7 @@ settings.env). The checks a set-up alone has follow them.
 import http.client
 import os
 import pwd
+import re
 import ssl
 import stat
 import subprocess
@@ -399,6 +400,9 @@ def test_settings_template_is_valid_for_systemd_and_the_receiver():
              if line.startswith('FIBOSMS_')]
     assert lines == ['FIBOSMS_TOKEN=change-me-to-a-long-random-secret']
     assert 'change-me-to-a-long-random-secret' in receiver.PLACEHOLDER_TOKENS
+    import commands
+    examples = re.findall(r'^#(FIBOSMS_\w+)=', support.snippet('settings.env'), re.M)
+    assert len(examples) > 5 and set(examples) <= set(commands.SETTINGS)
 
 
 def test_cgi_receiver_cgi_of_before_the_settings_file_still_works():
