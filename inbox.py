@@ -41,6 +41,7 @@ import time
 import urllib.parse
 from http.cookies import SimpleCookie
 
+import fiboapi
 import ownerlog
 import receiver
 import storage
@@ -70,7 +71,8 @@ STATE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS failures (address TEXT PRIMARY KEY, count INTEGER NOT NULL,"
     " until REAL NOT NULL)")
-LIST_COLUMNS = 'id, guid, phone, message, state, deliveries, received_at, claimed_until'
+LIST_COLUMNS = ('id, guid, phone, message, state, deliveries, received_at, claimed_until,'
+                ' (%s) AS fetched' % fiboapi.FETCHED_SQL)   # stored by catch-up, not pushed
 STATES = {'failed': "state = 'failed'", 'waiting': "state = 'processing'",
           'processed': "+state = 'processed'"}     # +: by time, not by the state's index
 CSV_COLUMNS = ('received_at', 'phone', 'phone_normalised', 'message', 'state', 'deliveries',
@@ -297,7 +299,9 @@ class Request:
             'link': esc(self.link(id=row['id'], lang=self.lang)),
             'time': esc(local_time(row['received_at'], zone)), 'phone': shown(row['phone']),
             'text': shown(row['message'][:300] + ('…' if len(row['message']) > 300 else '')),
-            'state': esc(self.state_name(row)), 'deliveries': esc(row['deliveries']),
+            'state': esc(self.state_name(row) + (', ' + self.t('fetched') if row['fetched']
+                                                 else '')),
+            'deliveries': esc(row['deliveries']),
             'class': esc(row['state'])} for row in rows)
         notes = []
         if stopped:
@@ -353,6 +357,11 @@ class Request:
             place = str(exc)
         lines.append((self.t('place'), place or '%s: %s' % (db, self.t('private')),
                       place is None))
+        try:    # catch-up and the replies, as check reports them, where they were used
+            lines += [('%s (%s)' % (self.t('api'), name), value, ok) for name, value, ok in
+                      fiboapi.findings(self.database(), self.settings)]
+        except (storage.StorageError, sqlite3.Error, OSError) as exc:
+            lines.append((self.t('api'), str(exc), False))
         reasons = ownerlog.lines(self.config, 5)
         return HEALTH % {
             'title': esc(self.t('health')),
@@ -372,6 +381,9 @@ class Request:
         if row is None:
             raise Answer('404 Not Found', self.page(self.t('not_found'), ''))
         zone, fields = zone_offset(self.settings), []
+        if fiboapi.fetched(row):
+            fields.append('<dt>%s</dt><dd>%s</dd>' % (esc(self.t('api')),
+                                                      esc(self.t('fetched_long'))))
         for name in row.keys():
             value = row[name]
             if name in ('received_at', 'last_delivery_at', 'processed_at') and value:
@@ -751,7 +763,10 @@ TEXTS = {
         ' closed to others', 'log': 'Recent reasons (receiver.log)', 'message': 'Message',
         'back': 'Back to the messages', 'state_any': 'Any state', 'state_failed': 'failed',
         'state_waiting': 'waiting', 'state_processing': 'being processed',
-        'state_processed': 'processed'},
+        'state_processed': 'processed', 'api': "FiboSMS's API",
+        'fetched': 'fetched by catch-up',
+        'fetched_long': 'stored by catch-up (storage.py catchup): the gateway gave up pushing'
+                        ' it'},
     'vi': {
         'language': 'Tiếng Việt', 'inbox': 'Tin nhắn', 'login': 'Đăng nhập',
         'logout': 'Đăng xuất', 'password': 'Mật khẩu', 'wrong': 'Sai mật khẩu.',
@@ -777,7 +792,10 @@ TEXTS = {
         'log': 'Lý do gần đây (receiver.log)', 'message': 'Tin nhắn',
         'back': 'Quay lại danh sách', 'state_any': 'Mọi trạng thái',
         'state_failed': 'lỗi', 'state_waiting': 'đang chờ',
-        'state_processing': 'đang xử lý', 'state_processed': 'đã xử lý'},
+        'state_processing': 'đang xử lý', 'state_processed': 'đã xử lý',
+        'api': 'API của FiboSMS', 'fetched': 'lấy lại qua API',
+        'fetched_long': 'lưu bằng lệnh catchup (storage.py catchup): FiboSMSGateway đã ngừng'
+                        ' gửi tin này'},
 }
 
 PAGE = """<!DOCTYPE html>

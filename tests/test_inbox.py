@@ -13,6 +13,7 @@ import pytest
 import inbox
 import receiver
 from conftest import TestApp, write_settings
+from test_fiboapi import emulator  # noqa: F401 (a fixture)
 
 PASSWORD = 'correct horse battery'
 HOST = 'inbox.example'
@@ -283,6 +284,25 @@ def test_health_shows_what_check_reports(pushed, settings, db):
     text = app.get(url()).text
     assert re.search(r'class="problem">Messages whose hook failed or waits: 1<', text)
     assert "this user&#x27;s own" in text and 'wrong or missing token' in text
+
+
+def test_a_message_catch_up_stored_is_marked_and_the_health_says_what_it_found(db, emulator):
+    """A lost SMS that catch-up stored is marked in the list and on its page; the health has
+    catch-up's lines, its finding of a lost SMS a problem, as check reports them."""
+    from test_fiboapi import api_settings, run
+    write_settings(db, 'FIBOSMS_INBOX_PASSWORD=%s' % inbox.hash_password(PASSWORD, 1000),
+                   *api_settings(emulator))
+    emulator.receive('0912345678', 'lost one', status=5)
+    assert run(db, 'catchup')[0] == 0
+    app = browser()
+    log_in(app)
+    page = app.get(url())
+    assert re.search(r'<td>processed, fetched by catch-up</td>', page.text)
+    assert re.search(r"class=\"ok\">FiboSMS&#x27;s API \(catchup\): last ran .*1 lost", page.text)
+    assert re.search(r'class="problem">FiboSMS&#x27;s API \(catchup_lost\): the push lost 1 SMS',
+                     page.text)
+    [ident] = rows_shown(page)
+    assert 'stored by catch-up' in app.get(url('?id=%s' % ident)).text
 
 
 def test_vietnamese_for_a_vietnamese_browser_and_a_switch(settings):
