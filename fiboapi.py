@@ -1,8 +1,9 @@
 """FiboSMS's own web-service API: the client, and catch-up on the SMS the push lost.
 
 Loaded only by ``python3 storage.py catchup``, by ``check`` where FIBOSMS_API_CLIENT_NO or
-FIBOSMS_REPLY is set, and by the reply to the customer (fiboreply.py), which runs after a
-message is stored: never before a push is stored. The owner's guide: docs/, "FiboSMS's API".
+FIBOSMS_REPLY is set, by the inbox (which marks what catch-up stored, and shows `findings`),
+and by the reply to the customer (fiboreply.py), which runs after a message is stored: never
+before a push is stored. The owner's guide: docs/, "FiboSMS's API".
 
 The service (FiboSMS's guide "FIBO SMS API", version 2.0): an ASP.NET web service, called as
 
