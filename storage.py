@@ -95,7 +95,8 @@ def prepare_place(path, create=True):
     if not problem and not os.path.lexists(real):
         problem = 'no database at %s' % path if not create else next((
             '%s%s is there without its database: move it aside' % (path, end)
-            for end in ('-wal', '-journal') if os.path.lexists(real + end)), None)
+            for end in ('-wal', '-journal') if os.path.lexists(real + end)
+            and not os.path.lexists(real)), None)  # not another process's new one meanwhile
         if not problem:
             try:
                 os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,

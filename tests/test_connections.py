@@ -229,6 +229,27 @@ def test_wal_file_without_its_database_is_refused(db):
     assert not os.path.exists(db)
 
 
+def test_a_database_made_meanwhile_with_its_journal_is_not_a_lone_journal(db, monkeypatch):
+    """Two first requests at once: between this one's look for the database and its look for
+    a -wal, the other made both (real files). It is the database, not a lone -wal."""
+    other = storage.connect(db + '.other')
+    push(other, 'a')
+    looked = []
+
+    def lexists(path, real=os.path.lexists):
+        if path.endswith('-wal') and not looked:     # the other process, just then
+            looked.append(path)
+            os.rename(db + '.other', db)
+            os.rename(db + '.other-wal', db + '-wal')
+            os.rename(db + '.other-shm', db + '-shm')
+        return real(path)
+    monkeypatch.setattr(storage.os.path, 'lexists', lexists)
+    with storage.Once(db) as conn:
+        assert [tuple(r) for r in conn.execute('SELECT guid FROM messages')] == [('a',)]
+    other.close()
+    assert looked == [db + '-wal']
+
+
 def test_wal_file_deleted_under_a_kept_connection_loses_nothing(db):
     """-wal and -shm deleted under a running server: the next push reopens and is stored,
     and what the old connection had committed is checkpointed back (no restart needed)."""
