@@ -2,8 +2,9 @@
 
 The package needs Python 3.9 or newer. Where this interpreter has it, the check runs here;
 on an older Python (3.6 in CI) it runs in a subprocess of the interpreter that
-FIBOSMS_ORACLE_PYTHON names, which must have it. With neither, the test is skipped, naming
-what to install, and fails instead where CI is set (.ci/run sets FIBOSMS_ORACLE_PYTHON).
+STANDARDWEBHOOKS_PYTHON names, which must have it. With neither, the test is skipped, naming
+what to install, and fails instead where CI is set (.ci/run sets STANDARDWEBHOOKS_PYTHON).
+Its name is not FIBOSMS_*: the tests clear every FIBOSMS_* setting of the shell (conftest.py).
 
 Run as a script it is that subprocess: JSON on stdin, {"secret": "whsec_...", "requests":
 [{"headers": {...}, "body": "<base64>"}, ...]}, and on stdout a JSON list with one result
@@ -16,7 +17,7 @@ import subprocess
 import sys
 
 HERE = os.path.abspath(__file__)
-ORACLE_PYTHON = 'FIBOSMS_ORACLE_PYTHON'
+ORACLE_PYTHON = 'STANDARDWEBHOOKS_PYTHON'
 
 
 def judge(secret, requests):
