@@ -229,7 +229,8 @@ def read_push(environ, settings):
     params, kept, seen = {}, [], set()
     for piece, name, value in decoded:
         if name in seen:
-            raise Reject(400, 'parameter %r given twice' % name[:40])
+            known = name in ('guid', 'phone', 'message', 'token')  # another name: text, secret?
+            raise Reject(400, 'parameter %s given twice' % (repr(name) if known else '(extra)'))
         seen.add(name)
         if token and any(holds_secret(text, charset, token) for text in (name, value)):
             if name in ('guid', 'phone', 'message'):
