@@ -22,7 +22,9 @@ def check(environ, settings):
     remote = client_address(environ, networks(settings, 'FIBOSMS_TRUSTED_PROXIES'))
     allow = networks(settings, 'FIBOSMS_ALLOW')
     if allow and not address_allowed(remote, allow):
-        raise Reject(403, 'address %r not allowed' % remote[:60])
+        anywhere = [ipaddress.ip_network('::/0'), ipaddress.ip_network('0.0.0.0/0')]
+        raise Reject(403, 'address %s not allowed' % (    # nothing else the caller wrote
+            repr(remote[:60]) if address_allowed(remote, anywhere) else '(not an address)'))
     return remote
 
 

@@ -108,6 +108,20 @@ def test_other_address_is_403(make_client, db, allow, remote):
     assert rows(db) == []
 
 
+def test_a_refused_x_forwarded_for_is_logged_only_if_it_is_an_address(make_client, db):
+    """What a client wrote in X-Forwarded-For (past a proxy that passes it on) reaches the log
+    only as an address: the refusal names no text of the caller's."""
+    client = make_client(allow='203.0.113.7', trusted_proxies='127.0.0.1',
+                         extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+    res = client.get('/?' + PUSH, headers={'X-Forwarded-For': 'Xin chao, ban oi'}, status=403,
+                     expect_errors=True)
+    assert 'address (not an address) not allowed' in res.errors and 'ban' not in res.errors
+    res = client.get('/?' + PUSH, headers={'X-Forwarded-For': '198.51.100.9'}, status=403,
+                     expect_errors=True)
+    assert "address '198.51.100.9' not allowed" in res.errors
+    assert rows(db) == []
+
+
 def test_forged_x_forwarded_for_is_ignored_without_a_trusted_proxy(make_client, db):
     """A caller cannot claim an allowed address by writing X-Forwarded-For itself."""
     client = make_client(allow='203.0.113.7', extra_environ={'REMOTE_ADDR': '198.51.100.9'})
