@@ -26,10 +26,10 @@ carries no line break, and only an encoded id holds '%', so two guids never shar
 The outcome, as for any hook:
     2xx             processed: the gateway gets <Status>2</Status>; never forwarded again
     anything else   ForwardError: the row is 'failed' with the reason in last_error, the
-                    gateway gets <Status>1</Status> (503) and its retry forwards again, as
-                    does `storage.py retry`. That is: another status; a redirect (3xx, not
-                    followed: fix the URL); no answer within TIMEOUT; a refused connection,
-                    a failed name lookup or TLS handshake.
+                    gateway gets <Status>1</Status> (HTTP 200: try again) and its retry
+                    forwards again, as does `storage.py retry`. That is: another status; a
+                    redirect (3xx, not followed: fix the URL); no answer within TIMEOUT; a
+                    refused connection, a failed name lookup or TLS handshake.
 https:// certificates are checked against the system's store, host name included; http://
 is allowed (an application on the same machine). Only MAX_ANSWER bytes of the answer are
 read. No proxy is taken from the environment: under CGI, HTTP_PROXY is the caller's own
