@@ -283,6 +283,10 @@ def cmd_check(conn, args):
     place = (storage.folders_problem(os.path.dirname(args.db))
              or storage.place_problem(real, 'file'))
     report('place', place or "the running user's own, closed to others", place is None)
+    older = os.path.join(os.path.expanduser('~'), '.fibosms', receiver.DATABASE_FILE)
+    if os.path.lexists(older) and not os.path.samefile(older, args.db):
+        report('older_db', '%s, from before the settings file, holds messages and is not the'
+               ' database in use: read it with --db %s' % (older, older), False)
     fs = storage.filesystem_type(args.db)
     volatile = fs in ('tmpfs', 'ramfs')
     report('filesystem', '%s%s' % (fs or 'unknown', ', emptied at every reboot' if volatile

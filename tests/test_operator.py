@@ -590,6 +590,21 @@ def failing_hook(message):
     raise RuntimeError('the shop system is down')
 
 
+def test_check_names_an_older_database_that_is_not_the_one_in_use(db, tmp_path):
+    """A set-up from before the settings file kept ~/.fibosms/messages.sqlite3; once
+    ~/fibosms-data exists the pushes go there (receiver.config_path). check says so, until
+    the older database is the one in use or is gone."""
+    older = tmp_path / '.fibosms' / 'messages.sqlite3'
+    store(str(older), 'g-old')
+    store(db, 'g-new')
+    code, out, err = cli(db, 'check')
+    assert code == 1 and problems(out) == [
+        'older_db:      %s, from before the settings file, holds messages and is not the'
+        ' database in use: read it with --db %s   <-- PROBLEM' % (older, older)], out
+    code, out, err = cli(str(older), 'check')
+    assert code == 0 and b'older_db' not in out, out
+
+
 def test_check_reports_messages_whose_hook_failed(make_client, db):
     """Messages whose hook failed are one finding: their count and the oldest, exit 1."""
     client = make_client(handler=failing_hook)
