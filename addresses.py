@@ -22,9 +22,11 @@ def check(environ, settings):
     remote = client_address(environ, networks(settings, 'FIBOSMS_TRUSTED_PROXIES'))
     allow = networks(settings, 'FIBOSMS_ALLOW')
     if allow and not address_allowed(remote, allow):
-        anywhere = [ipaddress.ip_network('::/0'), ipaddress.ip_network('0.0.0.0/0')]
-        raise Reject(403, 'address %s not allowed' % (    # nothing else the caller wrote
-            repr(remote[:60]) if address_allowed(remote, anywhere) else '(not an address)'))
+        try:    # as parsed, without an IPv6 zone: nothing else the caller wrote
+            shown = repr(str(ipaddress.ip_address(remote.split('%')[0])))
+        except ValueError:
+            shown = '(not an address)'
+        raise Reject(403, 'address %s not allowed' % shown)
     return remote
 
 

@@ -257,8 +257,8 @@ def cmd_inbox(conn, args):
 def cmd_check(conn, args):
     """Check the settings (the file's place and lines, the secret, the hook's settings),
     the database (integrity, journal mode, synchronous, permissions, SQLite version,
-    filesystem), messages whose hook failed, and, with --max-silence, when the last push
-    came. One line per item; each problem ends in '<-- PROBLEM' (--quiet prints only those);
+    filesystem), an older ~/.fibosms database left behind, messages whose hook failed, and,
+    with --max-silence, when the last push came. One line per item; each problem ends in '<-- PROBLEM' (--quiet prints only those);
     exit 1 on a problem."""
     problems = []
 
@@ -284,9 +284,15 @@ def cmd_check(conn, args):
              or storage.place_problem(real, 'file'))
     report('place', place or "the running user's own, closed to others", place is None)
     older = os.path.join(os.path.expanduser('~'), '.fibosms', receiver.DATABASE_FILE)
-    if os.path.lexists(older) and not os.path.samefile(older, args.db):
-        report('older_db', '%s, from before the settings file, holds messages and is not the'
-               ' database in use: read it with --db %s' % (older, older), False)
+    in_use = args.settings['FIBOSMS_DB']    # the receiver's, whatever --db names
+    try:
+        split = os.path.isfile(older) and not (os.path.exists(in_use) and
+                                               os.path.samefile(older, in_use))
+    except OSError:
+        split = False
+    if split:   # receiver.config_path: once ~/fibosms-data exists, the pushes go there
+        report('older_db', '%s, from before the settings file, is not the database the'
+               ' receiver uses: read it with --db, then rename it' % older, False)
     fs = storage.filesystem_type(args.db)
     volatile = fs in ('tmpfs', 'ramfs')
     report('filesystem', '%s%s' % (fs or 'unknown', ', emptied at every reboot' if volatile

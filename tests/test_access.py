@@ -116,6 +116,9 @@ def test_a_refused_x_forwarded_for_is_logged_only_if_it_is_an_address(make_clien
     res = client.get('/?' + PUSH, headers={'X-Forwarded-For': 'Xin chao, ban oi'}, status=403,
                      expect_errors=True)
     assert 'address (not an address) not allowed' in res.errors and 'ban' not in res.errors
+    res = client.get('/?' + PUSH, headers={'X-Forwarded-For': 'fe80::1%Xin chao ban oi'},
+                     status=403, expect_errors=True)
+    assert "address 'fe80::1' not allowed" in res.errors and 'Xin' not in res.errors
     res = client.get('/?' + PUSH, headers={'X-Forwarded-For': '198.51.100.9'}, status=403,
                      expect_errors=True)
     assert "address '198.51.100.9' not allowed" in res.errors

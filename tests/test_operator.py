@@ -590,19 +590,29 @@ def failing_hook(message):
     raise RuntimeError('the shop system is down')
 
 
-def test_check_names_an_older_database_that_is_not_the_one_in_use(db, tmp_path):
-    """A set-up from before the settings file kept ~/.fibosms/messages.sqlite3; once
-    ~/fibosms-data exists the pushes go there (receiver.config_path). check says so, until
-    the older database is the one in use or is gone."""
+def test_check_names_an_older_database_the_receiver_no_longer_uses(db, tmp_path):
+    """A set-up from before the settings file kept ~/.fibosms/messages.sqlite3, and the
+    receiver goes on using it while ~/fibosms-data does not exist (receiver.config_path).
+    Once it does, check names the older one, whatever --db it is given, until it is renamed;
+    a broken link there is no finding and stops no other."""
     older = tmp_path / '.fibosms' / 'messages.sqlite3'
     store(str(older), 'g-old')
-    store(db, 'g-new')
+    copy = str(tmp_path / 'copy.sqlite3')
+    store(copy, 'g-copy')
+    assert not os.path.exists(os.path.dirname(db))
+    for used in (str(older), copy):
+        code, out, err = cli(used, 'check')
+        assert code == 0 and b'older_db' not in out, out
+    store(db, 'g-new')      # ~/fibosms-data: the receiver's from now on
+    finding = ('older_db:      %s, from before the settings file, is not the database the'
+               ' receiver uses: read it with --db, then rename it   <-- PROBLEM' % older)
+    for used in (db, str(older)):
+        code, out, err = cli(used, 'check')
+        assert code == 1 and problems(out) == [finding], out
+    older.rename(older.with_name('messages.sqlite3.old'))
+    older.symlink_to(tmp_path / 'nowhere')
     code, out, err = cli(db, 'check')
-    assert code == 1 and problems(out) == [
-        'older_db:      %s, from before the settings file, holds messages and is not the'
-        ' database in use: read it with --db %s   <-- PROBLEM' % (older, older)], out
-    code, out, err = cli(str(older), 'check')
-    assert code == 0 and b'older_db' not in out, out
+    assert code == 0 and b'older_db' not in out and b'last_push' in out, out
 
 
 def test_check_reports_messages_whose_hook_failed(make_client, db):
