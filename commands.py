@@ -258,8 +258,8 @@ def cmd_check(conn, args):
     """Check the settings (the file's place and lines, the secret, the hook's settings),
     the database (integrity, journal mode, synchronous, permissions, SQLite version,
     filesystem), an older ~/.fibosms database left behind, messages whose hook failed, and,
-    with --max-silence, when the last push came. One line per item; each problem ends in '<-- PROBLEM' (--quiet prints only those);
-    exit 1 on a problem."""
+    with --max-silence, when the last push came. One line per item; each problem ends in
+    '<-- PROBLEM' (--quiet prints only those); exit 1 on a problem."""
     problems = []
 
     def report(name, value, ok):
