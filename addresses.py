@@ -22,11 +22,9 @@ def check(environ, settings):
     remote = client_address(environ, networks(settings, 'FIBOSMS_TRUSTED_PROXIES'))
     allow = networks(settings, 'FIBOSMS_ALLOW')
     if allow and not address_allowed(remote, allow):
-        try:    # as parsed, without an IPv6 zone: nothing else the caller wrote
-            shown = repr(str(ipaddress.ip_address(remote.split('%')[0])))
-        except ValueError:
-            shown = '(not an address)'
-        raise Reject(403, 'address %s not allowed' % shown)
+        ip = as_ip(remote)      # logged as parsed: nothing else the caller wrote
+        raise Reject(403, 'address %s not allowed' % (repr(str(ip)) if ip else
+                                                      '(not an address)'))
     return remote
 
 
@@ -57,9 +55,14 @@ def networks(settings, name):
 
 def address_allowed(address, nets):
     """Whether `address` is in `nets` (ip_network objects)."""
+    ip = as_ip(address)
+    return ip is not None and any(ip in net for net in nets)
+
+
+def as_ip(address):
+    """`address` as an ip_address, without an IPv6 zone (fe80::1%eth0); None if it is none."""
     try:
-        ip = ipaddress.ip_address(address.split('%')[0])    # no IPv6 zone: fe80::1%eth0
+        ip = ipaddress.ip_address(address.split('%')[0])
     except ValueError:
-        return False
-    ip = getattr(ip, 'ipv4_mapped', None) or ip    # ::ffff:192.0.2.1 from a dual-stack socket
-    return any(ip in net for net in nets)
+        return None
+    return getattr(ip, 'ipv4_mapped', None) or ip  # ::ffff:192.0.2.1 from a dual-stack socket

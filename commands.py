@@ -283,7 +283,8 @@ def cmd_check(conn, args):
     place = (storage.folders_problem(os.path.dirname(args.db))
              or storage.place_problem(real, 'file'))
     report('place', place or "the running user's own, closed to others", place is None)
-    older = os.path.join(os.path.expanduser('~'), '.fibosms', receiver.DATABASE_FILE)
+    older = os.path.join(os.path.expanduser('~'), receiver.OLD_FOLDER,
+                         receiver.DATABASE_FILE)
     in_use = args.settings['FIBOSMS_DB']    # the receiver's, whatever --db names
     try:
         split = os.path.isfile(older) and not (os.path.exists(in_use) and

@@ -50,7 +50,7 @@ PLACEHOLDER_TOKENS = ('change-me-to-a-long-random-secret', 'secret', '<this secr
                       'change-me', 'changeme')  # the example secrets of deploy/ and README
 MIN_TOKEN = 12                  # characters of FIBOSMS_TOKEN, at least
 PROXY_HEADERS = ('HTTP_X_FORWARDED_FOR', 'HTTP_FORWARDED', 'HTTP_X_REAL_IP')
-DATA_FOLDER, SETTINGS_FILE = 'fibosms-data', 'settings.env'
+DATA_FOLDER, OLD_FOLDER, SETTINGS_FILE = 'fibosms-data', '.fibosms', 'settings.env'
 DATABASE_FILE, LOG_FILE = 'messages.sqlite3', 'receiver.log'
 
 
@@ -129,7 +129,7 @@ def config_path(environ=None, given=None):
     if named:
         return os.path.abspath(os.path.expanduser(named)), True
     home = os.path.expanduser('~')
-    old = os.path.join(home, '.fibosms')
+    old = os.path.join(home, OLD_FOLDER)
     folder = old if (not os.path.lexists(os.path.join(home, DATA_FOLDER)) and os.path.lexists(
         os.path.join(old, DATABASE_FILE))) else os.path.join(home, DATA_FOLDER)
     return os.path.join(folder, SETTINGS_FILE), False
